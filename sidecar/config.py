@@ -1,0 +1,359 @@
+"""Configuration: a YAML file, single keys overridden by environment variables, or the old INI file.
+
+Every key has a default, so an empty file (or no file) configures a local
+daemon against http://127.0.0.1:9200. Validation happens here, at start-up,
+and each error names the key, the value and what is accepted.
+
+Environment overrides: ``ETA1_<SECTION>__<KEY>`` sets one key, for example
+``ETA1_CLUSTER__PASSWORD=...`` or ``ETA1_SOURCE__INDEX=flows-*``. List values
+(``cluster.hosts``) take a comma-separated string.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from dataclasses import dataclass, field, fields
+from datetime import timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "ETA1_"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How to reach Elasticsearch."""
+
+    hosts: tuple[str, ...] = ("http://127.0.0.1:9200",)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 30.0
+
+    def secrets(self) -> list[str]:
+        """Return the configured secrets, for masking in logs."""
+        return [value for value in (self.password, self.api_key) if value]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Flow documents to read, and their order."""
+
+    index: str = "cic_*"
+    # Field the cursor follows. "@timestamp" is the flow's own time; an ingest
+    # time such as ECS "event.ingested" removes the late-arrival problem.
+    time_field: str = "@timestamp"
+    # Time field copied into the alert's log_time when it differs from time_field.
+    flow_time_field: str | None = None
+    # Secondary sort key. It need not be unique: ties are resolved by flow _id
+    # in the checkpoint, so any keyword field (or none) works.
+    tiebreaker: str | None = "Flow ID"
+    # Flows newer than now - lag are left for a later poll, so late writers can catch up.
+    lag_seconds: float = 60.0
+    # Where a daemon with no checkpoint starts: "earliest" or an ISO-8601 time.
+    start: str = "earliest"
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Alert index and the timezone of alert timestamps."""
+
+    # strftime pattern applied to the flow's time in UTC, so a replayed flow
+    # always lands in the same index under the same id.
+    index: str = "eta1-alerts-%Y.%m.%d"
+    timezone: str = "+08:00"
+    template_name: str = "eta1-alerts"
+
+    def tzinfo(self) -> tzinfo:
+        """Return the configured local timezone: a fixed offset or an IANA zone (daylight saving applies)."""
+        return parse_zone(self.timezone, key="alerts.timezone")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Checkpoint location and lease."""
+
+    index: str = "eta1-state"
+    # Name of this daemon's checkpoint; two daemons with one name share a cursor.
+    name: str = "default"
+    # A daemon that stops renewing its lease for this long is presumed dead.
+    lease_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The on-demand HTTP API."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 5000
+    # Maximum window one request may scan, in seconds.
+    max_window_seconds: float = 86400.0
+    # Index pattern(s) the API may read, comma-separated; empty means source.index.
+    allowed_indices: str = ""
+    # Alert documents returned in one response; the counts cover all of them.
+    max_alerts_returned: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    cluster: ClusterConfig = ClusterConfig()
+    source: SourceConfig = SourceConfig()
+    alerts: AlertConfig = AlertConfig()
+    state: StateConfig = StateConfig()
+    api: ApiConfig = ApiConfig()
+    model: str = "models/eta1.onnx"
+    rules: str = "rules.yaml"
+    batch_size: int = 1000
+    poll_interval_seconds: float = 10.0
+    path: str | None = None
+
+    def resolve(self, relative: str) -> Path:
+        """Resolve a configured path: absolute as is, else against the config file's folder or the repo."""
+        candidate = Path(relative)
+        if candidate.is_absolute():
+            return candidate
+        if self.path is not None:
+            beside = Path(self.path).resolve().parent / candidate
+            if beside.exists():
+                return beside
+        if candidate.exists():
+            return candidate.resolve()
+        return REPO_ROOT / candidate
+
+    def secrets(self) -> list[str]:
+        """Return the configured secrets, for masking in logs."""
+        return self.cluster.secrets()
+
+
+_SECTIONS: dict[str, type] = {
+    "cluster": ClusterConfig,
+    "source": SourceConfig,
+    "alerts": AlertConfig,
+    "state": StateConfig,
+    "api": ApiConfig,
+}
+
+_OFFSET = re.compile(r"^(?:Z|UTC|[+-]\d{2}:?\d{2})$")
+
+
+def parse_zone(text: str, *, key: str) -> tzinfo:
+    """Parse a fixed offset (``+08:00``, ``Z``) or an IANA zone name (``Asia/Shanghai``)."""
+    text = str(text).strip()
+    if _OFFSET.match(text):
+        return parse_offset(text, key=key)
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{key}: invalid timezone {text!r}; use a fixed offset such as '+08:00' or 'Z', "
+            "or an IANA zone name such as 'Asia/Shanghai'"
+        ) from None
+
+
+def parse_offset(text: str, *, key: str) -> timezone:
+    """Parse a fixed UTC offset such as ``+08:00``, ``-0500`` or ``Z``."""
+    text = str(text).strip()
+    if not _OFFSET.match(text):
+        raise ConfigError(f"{key}: invalid timezone {text!r}; use a fixed offset such as '+08:00', '-05:00' or 'Z'")
+    if text in ("Z", "UTC"):
+        return timezone.utc
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:])
+    if hours > 23 or minutes > 59:
+        raise ConfigError(f"{key}: invalid timezone {text!r}; hours must be 00-23 and minutes 00-59")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def _coerce(key: str, value: Any, expected: Any) -> Any:
+    """Convert a YAML or environment value to the type of the field's default."""
+    kind = type(expected)
+    if expected is None or value is None:
+        return None if value in (None, "") else str(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}: invalid boolean {value!r}; use true or false")
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ConfigError(f"{key}: expected a list or a comma-separated string, got {value!r}")
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        return number
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _build(section: type, values: dict[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in fields(section)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; known keys: {', '.join(sorted(known))}")
+    defaults = section()
+    kwargs = {
+        name: _coerce(f"{prefix}{name}", value, getattr(defaults, name))
+        for name, value in values.items()
+    }
+    return section(**kwargs)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("ETA1_ES_URL", "ETA1_DATA_DIR"):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) == 1:
+            data[parts[0]] = value
+        elif len(parts) == 2:
+            data.setdefault(parts[0], {})[parts[1]] = value
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def from_dict(data: dict[str, Any], *, path: str | None = None) -> Config:
+    """Build and validate a Config from parsed YAML (plus overrides)."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of keys to values", path=path)
+    top = {f.name: f for f in fields(Config)} 
+    kwargs: dict[str, Any] = {"path": path}
+    defaults = Config()
+    for key, value in data.items():
+        if key not in top or key == "path":
+            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(set(top) - {'path'}))}", path=path)
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}", path=path)
+            try:
+                kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
+            except ConfigError as error:
+                raise ConfigError(error.message, path=path) from None
+        else:
+            try:
+                kwargs[key] = _coerce(key, value, getattr(defaults, key))
+            except ConfigError as error:
+                raise ConfigError(error.message, path=path) from None
+    config = Config(**kwargs)
+    _validate(config, path)
+    return config
+
+
+def _validate(config: Config, path: str | None) -> None:
+    if config.batch_size < 1 or config.batch_size > 10000:
+        raise ConfigError(
+            f"batch_size: {config.batch_size} is out of range; use 1 to 10000 (Elasticsearch's default result window)",
+            path=path,
+        )
+    if not config.cluster.hosts:
+        raise ConfigError("cluster.hosts: at least one URL is required, e.g. https://127.0.0.1:9200", path=path)
+    for host in config.cluster.hosts:
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", host):
+            raise ConfigError(
+                f"cluster.hosts: invalid URL {_redact_url(host)!r}; use http://HOST:PORT or https://HOST:PORT",
+                path=path,
+            )
+    if config.cluster.api_key and config.cluster.username:
+        raise ConfigError("cluster: set either api_key or username/password, not both", path=path)
+    if config.cluster.username and not config.cluster.password:
+        raise ConfigError(
+            "cluster.password is missing for cluster.username; set it in the file or in ETA1_CLUSTER__PASSWORD",
+            path=path,
+        )
+    try:
+        config.alerts.tzinfo()
+    except ConfigError as error:
+        raise ConfigError(error.message, path=path) from None
+    if "%" not in config.alerts.index and "{" in config.alerts.index:
+        raise ConfigError(
+            f"alerts.index: {config.alerts.index!r} uses braces; use strftime codes such as eta1-alerts-%Y.%m.%d",
+            path=path,
+        )
+    if config.api.port > 65535:
+        raise ConfigError(f"api.port: {config.api.port} is not a TCP port; use 1-65535", path=path)
+    if config.source.start != "earliest":
+        from sidecar.timeutil import parse_time
+
+        try:
+            parse_time(config.source.start)
+        except ValueError as error:
+            raise ConfigError(f"source.start: {error}; use 'earliest' or an ISO-8601 time", path=path) from None
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def load_ini(path: str) -> dict[str, Any]:
+    """Read the old service's INI file (``[ES] es_server``, ``es_port``) into config keys."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except configparser.Error as error:
+        raise ConfigError(f"invalid INI file: {error}", path=path) from None
+    if not parser.has_section("ES"):
+        raise ConfigError("the INI file has no [ES] section; the old service's file has es_server and es_port there", path=path)
+    server = parser.get("ES", "es_server", fallback="127.0.0.1").strip()
+    port = parser.get("ES", "es_port", fallback="9201").strip()
+    if not port.isdigit():
+        raise ConfigError(f"[ES] es_port: expected a port number, got {port!r}", path=path)
+    scheme = "https" if parser.getboolean("ES", "es_tls", fallback=False) else "http"
+    return {"cluster": {"hosts": [f"{scheme}://{server}:{port}"]}, "api": {"enabled": True}}
+
+
+def load_config(path: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load the YAML (or old INI) file at path, apply environment overrides, and validate."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not os.path.exists(path):
+            raise ConfigError("configuration file not found; pass an existing file to --config", path=path)
+        if path.endswith((".ini", ".cfg", ".conf")):
+            data = load_ini(path)
+        else:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    data = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as error:
+                line = getattr(getattr(error, "problem_mark", None), "line", None)
+                raise ConfigError(f"invalid YAML: {getattr(error, 'problem', error)}", path=path,
+                                  line=None if line is None else line + 1) from None
+    data = _merge(data, _env_overrides(environ))
+    return from_dict(data, path=path)

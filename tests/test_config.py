@@ -1,0 +1,92 @@
+"""Configuration: YAML, environment overrides, the old INI file, and errors that name the key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from sidecar.config import load_config
+from sidecar.errors import ConfigError
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file():
+    config = load_config(None, environ={})
+    assert config.cluster.hosts == ("http://127.0.0.1:9200",)
+    assert config.source.index == "cic_*"
+    assert config.source.time_field == "@timestamp"
+    assert config.alerts.tzinfo().utcoffset(None) == timedelta(hours=8)
+    assert config.cluster.verify_certs is True
+
+
+def test_yaml_values_and_env_override(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "cluster:\n  hosts: [https://es1:9200, https://es2:9200]\n  username: eta1\n"
+                 "  password: from-file\nbatch_size: 500\nsource:\n  index: flows-*\n")
+    config = load_config(path, environ={"ETA1_CLUSTER__PASSWORD": "from-env", "ETA1_BATCH_SIZE": "250"})
+    assert config.cluster.hosts == ("https://es1:9200", "https://es2:9200")
+    assert config.cluster.password == "from-env"
+    assert config.batch_size == 250
+    assert config.source.index == "flows-*"
+
+
+def test_env_list_is_comma_separated():
+    config = load_config(None, environ={"ETA1_CLUSTER__HOSTS": "https://a:9200, https://b:9200"})
+    assert config.cluster.hosts == ("https://a:9200", "https://b:9200")
+
+
+def test_old_ini_file(tmp_path):
+    path = write(tmp_path, "eta.ini", "[ES]\nes_server = 127.0.0.1\nes_port = 9201\n")
+    config = load_config(path, environ={})
+    assert config.cluster.hosts == ("http://127.0.0.1:9201",)
+    assert config.api.enabled is True
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("batch_size: many\n", "batch_size: expected an integer, got 'many'"),
+        ("batch_size: 50000\n", "batch_size: 50000 is out of range"),
+        ("source:\n  indx: cic_*\n", "unknown key 'source.indx'"),
+        ("colour: blue\n", "unknown key 'colour'"),
+        ("alerts:\n  timezone: Mars/Olympus\n", "alerts.timezone: invalid timezone 'Mars/Olympus'"),
+        ("cluster:\n  hosts: [127.0.0.1:9200]\n", "cluster.hosts: invalid URL"),
+        ("cluster:\n  username: u\n", "cluster.password is missing"),
+        ("cluster:\n  verify_certs: maybe\n", "cluster.verify_certs: invalid boolean"),
+        ("source: [1, 2]\n", "source: expected a mapping"),
+        ("source:\n  start: yesterday\n", "source.start: invalid time"),
+    ],
+)
+def test_invalid_key_named(tmp_path, text, match):
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError, match=match) as caught:
+        load_config(path, environ={})
+    assert str(caught.value).startswith(path)
+
+
+def test_bad_yaml_has_line(tmp_path):
+    path = write(tmp_path, "broken.yaml", "cluster:\n  hosts: [a\nbatch_size: 1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: invalid YAML"):
+        load_config(path, environ={})
+
+
+def test_iana_zone_accepted(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "alerts:\n  timezone: Asia/Shanghai\n")
+    zone = load_config(path, environ={}).alerts.tzinfo()
+    assert str(zone) == "Asia/Shanghai"
+
+
+def test_password_not_in_repr(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "cluster:\n  username: u\n  password: hunter2-secret\n")
+    config = load_config(path, environ={})
+    assert "hunter2-secret" not in repr(config)
+
+
+def test_missing_file_named(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(str(tmp_path / "nope.yaml"), environ={})
