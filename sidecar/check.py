@@ -1,0 +1,72 @@
+"""``eta1 check``: load every configured piece, connect, and report what fits and what does not."""
+
+from __future__ import annotations
+
+import logging
+from typing import TextIO
+
+from elastic_transport import TransportError
+from elasticsearch import ApiError
+
+from sidecar import schema
+from sidecar.config import Config
+from sidecar.errors import SidecarError
+from sidecar.source import _collect_paths
+
+log = logging.getLogger(__name__)
+
+
+def run_check(config: Config, out: TextIO) -> bool:
+    """Print one line per check; return True when every check passed."""
+    ok = True
+
+    def report(passed: bool, text: str) -> None:
+        nonlocal ok
+        ok = ok and passed
+        out.write(f"{'ok  ' if passed else 'FAIL'}  {text}\n")
+
+    report(True, f"config {config.path or '(defaults)'}: cluster {', '.join(config.cluster.hosts)}, "
+                 f"source {config.source.index} on {config.source.time_field}")
+    detector = None
+    try:
+        from sidecar.pipeline import load_detector
+
+        detector = load_detector(config)
+        model = detector.model
+        report(True, f"model {config.resolve(config.model)}: sha256 {model.sha256[:12]}, "
+                     f"{len(model.features)} features, classes {', '.join(model.classes)}")
+        report(True, f"rules {config.resolve(config.rules)}: a rule or benign entry for every class")
+    except SidecarError as error:
+        report(False, str(error))
+
+    from sidecar.esclient import make_client
+
+    es = make_client(config.cluster)
+    try:
+        health = es.cluster.health()
+        report(True, f"cluster {health['cluster_name']}: status {health['status']}, {health['number_of_nodes']} node(s)")
+    except (TransportError, ApiError) as error:
+        report(False, f"cluster unreachable: {error}; check cluster.hosts, credentials and TLS settings")
+        return False
+
+    try:
+        mappings = es.indices.get_mapping(index=config.source.index, allow_no_indices=True, ignore_unavailable=True).body
+    except (TransportError, ApiError) as error:
+        report(False, f"could not read the mapping of {config.source.index}: {error}")
+        return False
+    if not mappings:
+        report(False, f"no index matches {config.source.index}; load flows (eta1 load) or set source.index")
+        return ok
+    report(True, f"{len(mappings)} index(es) match {config.source.index}")
+    for index, body in sorted(mappings.items()):
+        present: set[str] = set()
+        _collect_paths(body.get("mappings", {}).get("properties", {}), "", present)
+        if config.source.time_field not in present:
+            report(False, f"{index}: time field {config.source.time_field!r} is not mapped; set source.time_field")
+        if detector is not None:
+            try:
+                schema.map_columns(present, detector.model.features, where=f"index {index}")
+                report(True, f"{index}: every model feature is mapped")
+            except SidecarError as error:
+                report(False, str(error))
+    return ok
