@@ -46,6 +46,31 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_is_dead(owner: str) -> bool:
+    """Return True when the owner id names a process on this host that no longer runs.
+
+    A daemon restarted after a crash then resumes at once instead of waiting
+    for its predecessor's lease to expire. Owners on other hosts, and live or
+    unknown processes, count as alive.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        # Another daemon in this process, or a predecessor that had the same
+        # pid (a container restarted as pid 1): only the lease expiry can tell.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass
 class Lease:
     """Lease on the checkpoint: owner, expiry, and the document version it was read at."""
@@ -120,7 +145,7 @@ class Checkpoint:
         source = response["_source"]
         holder = source.get("owner")
         until = parse_time(source["lease_until"]) if source.get("lease_until") else None
-        if holder not in (None, self.owner) and until is not None and until > now:
+        if holder not in (None, self.owner) and until is not None and until > now and not owner_is_dead(holder):
             return Lease(holder, until, response["_seq_no"], response["_primary_term"])
         self._check_source(source)
         cursor = Cursor.from_dict(source.get("cursor"))
@@ -137,7 +162,7 @@ class Checkpoint:
         self._remember(result)
         self.cursor = cursor
         if holder not in (None, self.owner):
-            log.info("took over checkpoint %s from %s, whose lease expired at %s", self.name, holder, until)
+            log.info("took over checkpoint %s from %s (lease until %s, or its process is gone)", self.name, holder, until)
         return None
 
     def save(self, cursor: Cursor, now: datetime | None = None) -> None:

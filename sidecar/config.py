@@ -55,9 +55,9 @@ class SourceConfig:
     time_field: str = "@timestamp"
     # Time field copied into the alert's log_time when it differs from time_field.
     flow_time_field: str | None = None
-    # Secondary sort key. It need not be unique: ties are resolved by flow _id
-    # in the checkpoint, so any keyword field (or none) works.
-    tiebreaker: str | None = "Flow ID"
+    # Optional secondary sort key (a keyword or numeric field). It need not be
+    # unique, because the checkpoint keeps the _ids read at the last time value.
+    tiebreaker: str | None = None
     # Flows newer than now - lag are left for a later poll, so late writers can catch up.
     lag_seconds: float = 60.0
     # Where a daemon with no checkpoint starts: "earliest" or an ISO-8601 time.

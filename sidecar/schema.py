@@ -12,10 +12,10 @@ Names are matched after trimming whitespace and folding case, so
 ``FWD Init Win Bytes`` and `` Flow Duration`` resolve too.
 
 Value policy, shared by training and serving: every feature becomes a float.
-Numbers and numeric strings are taken as they are. ``null``, a missing key, an
+Numbers, numeric strings and booleans (as 1 and 0) are taken as they are. ``null``, a missing key, an
 empty string, ``NaN`` and ``±Infinity`` (as numbers or strings) become NaN,
 which XGBoost and its ONNX export treat as a missing value. Anything else
-(a word, an object, a list, a boolean) makes the flow unusable; see
+(a word, an object, a list) makes the flow unusable; see
 ``sidecar.features``.
 """
 
