@@ -186,7 +186,8 @@ def alert_template(index_pattern: str) -> dict[str, Any]:
                 },
             },
         },
-        "_meta": {"managed_by": "eta1"},
+        # Bump the version when the mapping changes, so running daemons update the template.
+        "_meta": {"managed_by": "eta1", "version": 1},
     }
 
 

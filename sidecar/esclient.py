@@ -23,6 +23,9 @@ def make_client(cluster: ClusterConfig, *, retries: int = 0) -> Elasticsearch:
         "request_timeout": cluster.request_timeout,
         "max_retries": retries,
         "retry_on_timeout": retries > 0,
+        # The transport marks a failed node dead for up to 30 s by default,
+        # which delays recovery after an outage; the daemon backs off itself.
+        "max_dead_node_backoff": 2.0,
     }
     if cluster.api_key:
         kwargs["api_key"] = cluster.api_key

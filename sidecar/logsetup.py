@@ -64,4 +64,6 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> SecretMas
     # The transport logs every request at INFO; keep its warnings only.
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
     logging.getLogger("elasticsearch").setLevel(logging.WARNING)
+    # The node pool warns on every failed attempt; ETA1 logs an outage once itself.
+    logging.getLogger("elastic_transport.node_pool").setLevel(logging.ERROR)
     return MASK

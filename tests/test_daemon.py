@@ -24,7 +24,7 @@ BASE = datetime(2017, 7, 5, 18, 12, 15, 650811, tzinfo=timezone.utc)
 def make_config(index: str, name: str, **sections):
     data = {
         "source": {"index": index, "lag_seconds": 0, **sections.pop("source", {})},
-        "alerts": {"index": f"eta1-alerts-{name}-%Y.%m.%d", "timezone": "+08:00"},
+        "alerts": {"index": f"eta1-alerts-{name}-%Y.%m.%d", "timezone": "+08:00", "template_name": f"eta1-alerts-{name}"},
         "state": {"index": "eta1-state-test", "name": name, "lease_seconds": 30},
         "batch_size": sections.pop("batch_size", 97),
         "poll_interval_seconds": 0.1,
@@ -45,6 +45,7 @@ def alerts_in(es, name: str) -> list[dict]:
 def cleanup(es, name: str) -> None:
     delete_indices(es, f"eta1-alerts-{name}-*")
     es.options(ignore_status=404).delete(index="eta1-state-test", id=name)
+    es.options(ignore_status=404).indices.delete_index_template(name=f"eta1-alerts-{name}")
 
 
 def expected_alert_flow_ids(config, index: str, docs) -> set[str]:
