@@ -53,7 +53,7 @@ demo: install
 	@if curl -fsS $(ES_URL)/_cluster/health >/dev/null 2>&1; then echo "using the node already on $(ES_URL)"; \
 	else ES_PORT=$(ES_PORT) bash es/start.sh; fi
 	$(ETA1) load $(DATA)/*.csv.gz --index $(DEMO_INDEX) --es-url $(ES_URL) --refresh
-	ETA1_CLUSTER__HOSTS=$(ES_URL) ETA1_SOURCE__LAG_SECONDS=0 $(ETA1) run --until-idle
+	ETA1_CLUSTER__HOSTS=$(ES_URL) $(ETA1) run --until-idle
 
 bench: install
 	$(PY) -m bench.run

@@ -55,11 +55,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
-    print(f"flows read: {totals.flows}, unusable: {totals.unusable}, alerts written: {totals.alerts_created}, "
-          f"already present: {totals.alerts_existing}, dead-lettered: {totals.dead_lettered}")
-    for signature, count in sorted(totals.by_signature.items(), key=lambda item: (-item[1], item[0])):
-        print(f"{count:8d}  {signature}")
+    print(f"this run: flows read: {totals.flows}, unusable: {totals.unusable}, alerts written: "
+          f"{totals.alerts_created}, already present: {totals.alerts_existing}, dead-lettered: {totals.dead_lettered}")
+    if args.until_idle and not args.dry_run:
+        _print_alert_index_summary(es, config)
     return EXIT_OK
+
+
+def _print_alert_index_summary(es, config) -> None:
+    """Print the alerts stored in the alert indices by signature (they include earlier runs)."""
+    from sidecar.alerts import alert_template
+
+    pattern = alert_template(config.alerts.index)["index_patterns"][0]
+    try:
+        es.indices.refresh(index=pattern, allow_no_indices=True, ignore_unavailable=True)
+        response = es.search(
+            index=pattern, size=0, allow_no_indices=True, ignore_unavailable=True,
+            aggs={"signatures": {"terms": {"field": "alert.signature", "size": 100}}},
+        )
+    except (TransportError, ApiError) as error:
+        log.warning("could not summarise the alerts in %s: %s", pattern, error)
+        return
+    buckets = response.get("aggregations", {}).get("signatures", {}).get("buckets", [])
+    total = sum(bucket["doc_count"] for bucket in buckets)
+    print(f"alerts stored in {pattern}: {total}")
+    for bucket in buckets:
+        print(f"{bucket['doc_count']:8d}  {bucket['key']}")
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
