@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TextIO
 
 from elastic_transport import TransportError
-from elasticsearch import ApiError
+from elasticsearch import ApiError, Elasticsearch
 
 from sidecar import schema
 from sidecar.config import Config
 from sidecar.errors import SidecarError
+from sidecar.logsetup import MASK
 from sidecar.source import _collect_paths
 
 log = logging.getLogger(__name__)
+
+
+def check_source_mapping(es: Elasticsearch, index: str, features: Sequence[str]) -> int:
+    """Raise SchemaError, naming the index and the missing fields, unless every matching index maps every feature.
+
+    Returns the number of indices checked. No matching index is not an error,
+    because the daemon waits for flows to arrive. A mapping it may not read
+    (403, for example) skips the check with a warning, as the reader then
+    fetches whole documents. Transient errors propagate, for the caller to retry.
+    """
+    from sidecar.sink import is_transient
+
+    try:
+        mappings = es.indices.get_mapping(index=index, allow_no_indices=True, ignore_unavailable=True).body
+    except ApiError as error:
+        if is_transient(error):
+            raise
+        log.warning("could not read the mapping of %s (%s); the model's features are not checked against it",
+                    index, error)
+        return 0
+    for name, body in sorted(mappings.items()):
+        present: set[str] = set()
+        _collect_paths(body.get("mappings", {}).get("properties", {}), "", present)
+        schema.map_columns(present, features, where=f"index {name}")
+    return len(mappings)
 
 
 def run_check(config: Config, out: TextIO) -> bool:
@@ -23,7 +50,8 @@ def run_check(config: Config, out: TextIO) -> bool:
     def report(passed: bool, text: str) -> None:
         nonlocal ok
         ok = ok and passed
-        out.write(f"{'ok  ' if passed else 'FAIL'}  {text}\n")
+        # Error texts may echo a host URL with its credentials.
+        out.write(f"{'ok  ' if passed else 'FAIL'}  {MASK.mask(text)}\n")
 
     report(True, f"config {config.path or '(defaults)'}: cluster {', '.join(config.cluster.hosts)}, "
                  f"source {config.source.index} on {config.source.time_field}")

@@ -169,21 +169,36 @@ class Checkpoint:
         """Store the cursor and renew the lease; raise CursorConflictError if another daemon wrote since."""
         now = now or datetime.now(timezone.utc)
         try:
-            result = self.es.index(
-                index=self.index,
-                id=self.name,
-                document=self._body(cursor, now),
-                if_seq_no=self._seq_no,
-                if_primary_term=self._primary_term,
-            )
+            result = self._write(cursor, now)
         except ConflictError:
             lease = self.read_lease()
+            if lease.owner == self.owner and lease.seq_no is not None:
+                # Our own earlier write landed but its reply was lost (a timeout or a
+                # cut connection), so the stored version moved on: write on top of it.
+                self._seq_no, self._primary_term = lease.seq_no, lease.primary_term
+                try:
+                    result = self._write(cursor, now)
+                except ConflictError:
+                    lease = self.read_lease()
+                else:
+                    self._remember(result)
+                    self.cursor = cursor
+                    return
             raise CursorConflictError(
                 f"checkpoint {self.name!r} in index {self.index} was changed by {lease.owner or 'another writer'}; "
                 "two daemons share one state.name. Give each daemon its own state.name, or stop one of them"
             ) from None
         self._remember(result)
         self.cursor = cursor
+
+    def _write(self, cursor: Cursor, now: datetime) -> Any:
+        return self.es.index(
+            index=self.index,
+            id=self.name,
+            document=self._body(cursor, now),
+            if_seq_no=self._seq_no,
+            if_primary_term=self._primary_term,
+        )
 
     def release(self) -> None:
         """Store the cursor with an expired lease, so a successor need not wait."""

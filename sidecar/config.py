@@ -26,6 +26,8 @@ from sidecar.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "ETA1_"
+# The password part of http://user:password@host in a cluster URL.
+_URL_PASSWORD = re.compile(r"//[^/@:\s]*:([^/@\s]+)@")
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,16 @@ class ClusterConfig:
     request_timeout: float = 30.0
 
     def secrets(self) -> list[str]:
-        """Return the configured secrets, for masking in logs."""
-        return [value for value in (self.password, self.api_key) if value]
+        """Return the configured secrets, for masking in logs: password, API key, and passwords in host URLs."""
+        in_urls = [match.group(1) for host in self.hosts for match in [_URL_PASSWORD.search(host)] if match]
+        return [value for value in (self.password, self.api_key, *in_urls) if value]
+
+    def __repr__(self) -> str:
+        # Host URLs may carry user:password@; password and api_key are left out of the repr.
+        return (
+            f"ClusterConfig(hosts={tuple(_redact_url(host) for host in self.hosts)!r}, username={self.username!r}, "
+            f"ca_certs={self.ca_certs!r}, verify_certs={self.verify_certs!r}, request_timeout={self.request_timeout!r})"
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Order per page: read -> classify -> bulk-write alerts (retried until every one
 is stored or dead-lettered) -> store the cursor. A crash between the last two
 steps replays the page on restart, and the alerts' deterministic ids turn the
 replay into no-ops: flows are read at least once, alerts are written once.
+The stages of neighbouring pages overlap: page k+1 is read (prefetch) and
+classified while page k's alerts are written and its cursor stored in a
+writer thread, which handles one page at a time, in page order.
 
 Signals: SIGTERM and SIGINT finish the current page, store the cursor and
 exit; SIGHUP reloads the model and rules, keeping the old ones if the new
@@ -17,9 +20,10 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from elasticsearch import Elasticsearch
@@ -28,9 +32,11 @@ from sidecar.checkpoint import Checkpoint
 from sidecar.config import Config
 from sidecar.errors import CursorConflictError, SidecarError
 from sidecar.metrics import Metrics
-from sidecar.pipeline import PageProcessor, install_alert_template, load_detector, make_sink, needed_fields
+from sidecar.pipeline import (
+    ClassifiedPage, PageProcessor, PageResult, install_alert_template, load_detector, make_sink, needed_fields,
+)
 from sidecar.sink import Backoff, StopRequested, is_transient
-from sidecar.source import FlowReader, source_fields
+from sidecar.source import FlowReader, Page, source_fields
 from sidecar.timeutil import parse_time
 
 log = logging.getLogger(__name__)
@@ -173,6 +179,10 @@ class Daemon:
         return self.totals
 
     def _prepare(self) -> None:
+        from sidecar.check import check_source_mapping
+
+        # A model whose features the flow indices lack would mark every flow unusable: refuse to start.
+        check_source_mapping(self.es, self.config.source.index, self.detector.model.features)
         self.checkpoint.ensure_index()
         if not self.dry_run:
             install_alert_template(self.es, self.config)
@@ -219,38 +229,29 @@ class Daemon:
             tiebreaker=config.source.tiebreaker,
             fields=fields,
             page_size=config.batch_size,
+            # The next page is read while this one is classified and its alerts are written.
+            prefetch=True,
         )
         processor = PageProcessor(detector, self.sink, self.metrics)
         stats = CycleStats()
         try:
-            for page in reader.pages(self.checkpoint.cursor, lower=lower, upper=upper):
-                result = processor.process(page)
-                # Alerts are stored; only now may the cursor move past these flows.
-                self.checkpoint.save(page.cursor)
-                self.backoff.succeeded("polling the cluster")
-                stats.pages += 1
-                stats.flows += result.flows
-                stats.unusable += result.unusable
-                stats.alerts_created += result.alerts_created
-                stats.alerts_existing += result.alerts_existing
-                stats.dead_lettered += result.dead_lettered
-                stats.retries += result.retries
-                stats.by_signature.update(result.by_signature)
-                self._update_lag(page.cursor.time)
-                if self.stop_event.is_set() or self.reload_requested.is_set():
-                    break
+            self._process_pages(reader.pages(self.checkpoint.cursor, lower=lower, upper=upper), processor, stats)
             if stats.pages == 0:
                 # Nothing new: renew the lease so a standby daemon keeps waiting.
                 self.checkpoint.save(self.checkpoint.cursor)
                 self.backoff.succeeded("polling the cluster")
         except StopRequested:
+            self.totals.add(stats)  # the pages stored before the stop still count
             raise
         except CursorConflictError:
+            self.totals.add(stats)
             raise
         except Exception as error:  # noqa: BLE001 - transient errors retry, the rest stop the daemon
             if not is_transient(error):
                 self.metrics.errors.labels(kind=type(error).__name__).inc()
                 raise
+            # The pages stored before the failure count; the cycle's summary line is skipped.
+            self.totals.add(stats)
             self.metrics.errors.labels(kind="cluster_unavailable").inc()
             self.backoff.failed("polling the cluster", error)
             return None
@@ -262,6 +263,66 @@ class Daemon:
                 stats.dead_lettered, stats.retries, self.checkpoint.cursor.time,
             )
         return stats
+
+    def _process_pages(self, pages: Iterator[Page], processor: PageProcessor, stats: CycleStats) -> None:
+        """Classify each page and hand it to the writer thread; add each stored page to stats.
+
+        Page k's alerts are written and its cursor stored in a writer thread
+        while page k+1 is classified. One writer thread, and one page in
+        flight, keep the writes and the checkpoints in page order. On an
+        error, stats holds the pages stored before it.
+        """
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eta1-writer")
+        pending: Future[PageResult] | None = None
+        try:
+            for page in pages:
+                classified = processor.classify(page)
+                if pending is not None:
+                    done, pending = pending, None
+                    self._count(stats, done.result())
+                pending = writer.submit(self._store, processor, classified)
+                if self.stop_event.is_set() or self.reload_requested.is_set():
+                    break
+            if pending is not None:
+                done, pending = pending, None
+                self._count(stats, done.result())
+        except BaseException:
+            if pending is not None:
+                self._drain(pending, stats)
+            raise
+        finally:
+            writer.shutdown(wait=True)
+
+    def _store(self, processor: PageProcessor, classified: ClassifiedPage) -> PageResult:
+        """Write a classified page's alerts, then store its cursor (runs in the writer thread)."""
+        result = processor.store(classified)
+        # Alerts are stored; only now may the cursor move past these flows.
+        self.checkpoint.save(classified.page.cursor)
+        self.backoff.succeeded("polling the cluster")
+        self._update_lag(classified.page.cursor.time)
+        return result
+
+    @staticmethod
+    def _count(stats: CycleStats, result: PageResult) -> None:
+        stats.pages += 1
+        stats.flows += result.flows
+        stats.unusable += result.unusable
+        stats.alerts_created += result.alerts_created
+        stats.alerts_existing += result.alerts_existing
+        stats.dead_lettered += result.dead_lettered
+        stats.retries += result.retries
+        stats.by_signature.update(result.by_signature)
+
+    @staticmethod
+    def _drain(pending: Future[PageResult], stats: CycleStats) -> None:
+        """Wait for the page being written when another error cuts the cycle short; count it, or log its own failure."""
+        try:
+            result = pending.result()
+        except BaseException as error:  # noqa: BLE001 - the error already propagating is the one to raise
+            log.warning("writing the alerts of the previous page failed too: %s", error)
+            return
+        # Its alerts and cursor are stored: count the page, or the run's totals miss it.
+        Daemon._count(stats, result)
 
     def _update_lag(self, cursor_time: str | None) -> None:
         if cursor_time is None:

@@ -18,7 +18,7 @@ from elasticsearch import Elasticsearch
 from sidecar import schema
 from sidecar.alerts import alert_template
 from sidecar.config import Config
-from sidecar.detect import Detector
+from sidecar.detect import BatchOutcome, Detector
 from sidecar.errors import SidecarError
 from sidecar.metrics import Metrics
 from sidecar.sink import AlertSink, Backoff
@@ -54,12 +54,25 @@ def needed_fields(detector: Detector, config: Config) -> list[str]:
 
 
 def install_alert_template(es: Elasticsearch, config: Config) -> None:
-    """Install the alert index template if it is missing (an existing one is left as the operator made it)."""
+    """Install or update the alert index template.
+
+    A template that ETA1 installed (``_meta.managed_by: eta1``) is replaced
+    when it differs, for example after alerts.index changed. A template of
+    the same name without that mark is the operator's and stays as it is.
+    """
     name = config.alerts.template_name
-    if es.options(ignore_status=404).indices.exists_index_template(name=name):
-        return
-    es.indices.put_index_template(name=name, **alert_template(config.alerts.index))
-    log.info("installed index template %s for alert indices", name)
+    wanted = alert_template(config.alerts.index)
+    response = es.options(ignore_status=404).indices.get_index_template(name=name)
+    existing = response.body.get("index_templates", []) if response.meta.status == 200 else []
+    if existing:
+        current = existing[0]["index_template"]
+        if current.get("_meta", {}).get("managed_by") != "eta1":
+            log.info("index template %s is not managed by ETA1; leaving it as it is", name)
+            return
+        if current.get("index_patterns") == wanted["index_patterns"] and current.get("_meta") == wanted["_meta"]:
+            return
+    es.indices.put_index_template(name=name, **wanted)
+    log.info("installed index template %s for alert indices %s", name, wanted["index_patterns"][0])
 
 
 @dataclass
@@ -76,6 +89,15 @@ class PageResult:
     alert_documents: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class ClassifiedPage:
+    """A page with its detection outcome, ready for its alerts to be written."""
+
+    page: Page
+    outcome: BatchOutcome
+    seconds: float  # time spent classifying, added to the batch_seconds metric
+
+
 class PageProcessor:
     """Classify a page and write its alerts; the caller moves the cursor afterwards."""
 
@@ -87,8 +109,21 @@ class PageProcessor:
 
     def process(self, page: Page, now: datetime | None = None) -> PageResult:
         """Detect, write, and count one page; raises only if alerts could not be stored."""
+        return self.store(self.classify(page, now))
+
+    def classify(self, page: Page, now: datetime | None = None) -> ClassifiedPage:
+        """Detect one page: the first half of process(), which touches no cluster."""
         started = time.perf_counter()
-        outcome = self.detector.detect(page.hits, now=now)
+        return ClassifiedPage(page, self.detector.detect(page.hits, now=now), time.perf_counter() - started)
+
+    def store(self, classified: ClassifiedPage) -> PageResult:
+        """Write a classified page's alerts and count the page: the second half of process().
+
+        Raises only if the alerts could not be stored. The daemon runs this in
+        a writer thread while it classifies the next page.
+        """
+        started = time.perf_counter()
+        outcome = classified.outcome
         written = self.sink.write(outcome.alerts)
 
         result = PageResult(
@@ -116,7 +151,7 @@ class PageProcessor:
         metrics.alerts_existing.inc(written.existing)
         metrics.alerts_dead_lettered.inc(written.dead_lettered)
         metrics.batches_retried.inc(written.retries)
-        metrics.batch_seconds.observe(time.perf_counter() - started)
+        metrics.batch_seconds.observe(classified.seconds + time.perf_counter() - started)
         return result
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -130,6 +131,7 @@ class FlowReader:
         fields: list[str] | None = None,
         page_size: int = 1000,
         use_pit: bool = True,
+        prefetch: bool = False,
     ):
         self.es = es
         self.index = index
@@ -138,6 +140,8 @@ class FlowReader:
         self.fields = fields
         self.page_size = page_size
         self.use_pit = use_pit
+        # Request the next page in a background thread while the caller handles this one.
+        self.prefetch = prefetch
 
     def _sort(self) -> list[dict[str, Any]]:
         sort: list[dict[str, Any]] = [{self.time_field: {"order": "asc", "format": TIME_FORMAT}}]
@@ -180,48 +184,67 @@ class FlowReader:
         """Yield pages after the cursor, with times in [lower, upper), until none are left.
 
         The caller stores each page's cursor only after handling its flows;
-        stopping the iteration early loses nothing.
+        stopping the iteration early loses nothing. With ``prefetch``, the
+        request for the next page is sent before a page is yielded, so it runs
+        while the caller handles that page. A page fetched but never yielded
+        is dropped, and an error of the prefetch is raised at the next
+        iteration, where it would have occurred without prefetching.
         """
         pit_id = self._open_pit() if self.use_pit else None
         # Inside a point-in-time, search_after moves on and the query stays
         # as the cycle began; without one, each query restarts from the cursor.
         query = self._query(cursor, lower, upper)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eta1-prefetch") if self.prefetch else None
         try:
             search_after: list[Any] | None = None
+            pending = self._submit(pool, self._search, query, pit_id, search_after)
             while True:
-                if pit_id is None:
-                    query = self._query(cursor, lower, upper)
-                body: dict[str, Any] = {
-                    "size": self.page_size,
-                    "sort": self._sort(),
-                    "query": query,
-                    "track_total_hits": False,
-                }
-                if self.fields is not None:
-                    body["_source"] = {"includes": self.fields + [self.time_field]}
-                if pit_id is not None:
-                    body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
-                    if search_after is not None:
-                        body["search_after"] = search_after
-                    response = self.es.search(**body)
-                    pit_id = response.get("pit_id", pit_id)
-                else:
-                    response = self.es.search(index=self.index, ignore_unavailable=True, allow_no_indices=True, **body)
+                response = pending.result() if isinstance(pending, Future) else pending
+                pit_id = response.get("pit_id", pit_id)
                 hits = response["hits"]["hits"]
                 if not hits:
                     return
                 cursor = cursor.advance(hits)
                 search_after = hits[-1]["sort"]
+                more = len(hits) >= self.page_size
+                if more:
+                    if pit_id is None:
+                        # Without a point-in-time, the next query starts from the
+                        # cursor itself, which is exact but re-sorts from there.
+                        query = self._query(cursor, lower, upper)
+                        search_after = None
+                    pending = self._submit(pool, self._search, query, pit_id, search_after)
                 yield Page(hits, cursor)
-                if len(hits) < self.page_size:
+                if not more:
                     return
-                if pit_id is None:
-                    # Without a point-in-time, the next query starts from the
-                    # cursor itself, which is exact but re-sorts from there.
-                    search_after = None
         finally:
+            if pool is not None:
+                # Waits for a prefetch still in flight, so the point-in-time is closed after it.
+                pool.shutdown(wait=True, cancel_futures=True)
             if pit_id is not None:
                 self._close_pit(pit_id)
+
+    @staticmethod
+    def _submit(pool: ThreadPoolExecutor | None, function: Any, *args: Any) -> Any:
+        """Run function now, or in the pool (returning its Future) when prefetching."""
+        return pool.submit(function, *args) if pool is not None else function(*args)
+
+    def _search(self, query: dict[str, Any], pit_id: str | None, search_after: list[Any] | None) -> Any:
+        """Send one page request and return the response."""
+        body: dict[str, Any] = {
+            "size": self.page_size,
+            "sort": self._sort(),
+            "query": query,
+            "track_total_hits": False,
+        }
+        if self.fields is not None:
+            body["_source"] = {"includes": self.fields + [self.time_field]}
+        if pit_id is not None:
+            body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
+            if search_after is not None:
+                body["search_after"] = search_after
+            return self.es.search(**body)
+        return self.es.search(index=self.index, ignore_unavailable=True, allow_no_indices=True, **body)
 
     def _open_pit(self) -> str | None:
         try:
