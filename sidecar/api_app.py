@@ -37,6 +37,7 @@ from elasticsearch import ApiError, Elasticsearch
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from sidecar.api_validation import (
+    InvalidParameter,
     HttpError,
     IndexNotFound,
     IndexPolicy,
@@ -47,6 +48,7 @@ from sidecar.api_validation import (
 )
 from sidecar.config import Config
 from sidecar.detect import Detector
+from sidecar.errors import SchemaError
 from sidecar.metrics import Metrics
 from sidecar.pipeline import make_sink
 from sidecar.scan import ScanReport, run_scan
@@ -337,6 +339,8 @@ class DetectionApi:
             if translated is None:
                 raise
             raise translated from error
+        except SchemaError as error:
+            raise InvalidParameter(str(error), parameter="index") from error
         finally:
             self._api_metrics.scans_in_progress.dec()
             self._scan_slots.release()

@@ -11,14 +11,40 @@ from elasticsearch import ApiError, Elasticsearch
 
 from sidecar import schema
 from sidecar.config import Config
-from sidecar.errors import SidecarError
+from sidecar.errors import SchemaError, SidecarError
 from sidecar.logsetup import MASK
 from sidecar.source import _collect_paths
 
 log = logging.getLogger(__name__)
 
 
-def check_source_mapping(es: Elasticsearch, index: str, features: Sequence[str]) -> int:
+TIME_TYPES = frozenset({"date", "date_nanos"})
+
+
+def _field_type(properties: dict, path: str) -> str | None:
+    """Return the mapped type of a dotted field path, or None when it is not mapped."""
+    node: dict | None = {"properties": properties}
+    for part in path.split("."):
+        node = (node or {}).get("properties", {}).get(part)
+        if node is None:
+            return None
+    return node.get("type", "object")
+
+
+def check_time_field(mappings: dict, time_field: str) -> None:
+    """Raise SchemaError unless the time field is a date or date_nanos in every index that maps it."""
+    for name, body in sorted(mappings.items()):
+        kind = _field_type(body.get("mappings", {}).get("properties", {}), time_field)
+        if kind is not None and kind not in TIME_TYPES:
+            raise SchemaError(
+                f"index {name} maps the time field {time_field!r} as {kind}, not date; "
+                "set source.time_field to a date field, or reindex with the field mapped as date"
+            )
+
+
+def check_source_mapping(
+    es: Elasticsearch, index: str, features: Sequence[str], time_field: str | None = None
+) -> int:
     """Raise SchemaError, naming the index and the missing fields, unless every matching index maps every feature.
 
     Returns the number of indices checked. No matching index is not an error,
@@ -36,6 +62,8 @@ def check_source_mapping(es: Elasticsearch, index: str, features: Sequence[str])
         log.warning("could not read the mapping of %s (%s); the model's features are not checked against it",
                     index, error)
         return 0
+    if time_field is not None:
+        check_time_field(mappings, time_field)
     for name, body in sorted(mappings.items()):
         present: set[str] = set()
         _collect_paths(body.get("mappings", {}).get("properties", {}), "", present)
@@ -91,6 +119,11 @@ def run_check(config: Config, out: TextIO) -> bool:
         _collect_paths(body.get("mappings", {}).get("properties", {}), "", present)
         if config.source.time_field not in present:
             report(False, f"{index}: time field {config.source.time_field!r} is not mapped; set source.time_field")
+        else:
+            try:
+                check_time_field({index: body}, config.source.time_field)
+            except SidecarError as error:
+                report(False, str(error))
         if detector is not None:
             try:
                 schema.map_columns(present, detector.model.features, where=f"index {index}")

@@ -94,6 +94,7 @@ class Checkpoint:
         time_field: str,
         lease_seconds: float,
         owner: str | None = None,
+        read_only: bool = False,
     ):
         self.es = es
         self.index = index
@@ -105,6 +106,8 @@ class Checkpoint:
         self._seq_no: int | None = None
         self._primary_term: int | None = None
         self.cursor = Cursor()
+        # A dry run reads the stored cursor but never writes: its cursor lives in memory.
+        self.read_only = read_only
 
     def ensure_index(self) -> None:
         """Create the state index if it does not exist."""
@@ -126,6 +129,13 @@ class Checkpoint:
 
         Returns None on success, or the other holder's lease.
         """
+        if self.read_only:
+            try:
+                stored = self.es.get(index=self.index, id=self.name)["_source"].get("cursor")
+            except NotFoundError:
+                stored = None
+            self.cursor = Cursor.from_dict(stored)
+            return None
         now = now or datetime.now(timezone.utc)
         try:
             response = self.es.get(index=self.index, id=self.name)
@@ -167,6 +177,9 @@ class Checkpoint:
 
     def save(self, cursor: Cursor, now: datetime | None = None) -> None:
         """Store the cursor and renew the lease; raise CursorConflictError if another daemon wrote since."""
+        if self.read_only:
+            self.cursor = cursor
+            return
         now = now or datetime.now(timezone.utc)
         try:
             result = self._write(cursor, now)
@@ -202,6 +215,8 @@ class Checkpoint:
 
     def release(self) -> None:
         """Store the cursor with an expired lease, so a successor need not wait."""
+        if self.read_only:
+            return
         if self._seq_no is None:
             return
         past = datetime.now(timezone.utc) - timedelta(seconds=self.lease_seconds + 1)

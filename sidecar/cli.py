@@ -57,7 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.shutdown()
     print(f"this run: flows read: {totals.flows}, unusable: {totals.unusable}, alerts written: "
           f"{totals.alerts_created}, already present: {totals.alerts_existing}, dead-lettered: {totals.dead_lettered}")
-    if args.until_idle and not args.dry_run:
+    if args.dry_run:
+        print(f"alerts a real run would write: {sum(totals.by_signature.values())} (nothing was stored)")
+        for signature, count in sorted(totals.by_signature.items(), key=lambda item: (-item[1], item[0])):
+            print(f"{count:8d}  {signature}")
+    elif args.until_idle:
         _print_alert_index_summary(es, config)
     return EXIT_OK
 
@@ -99,7 +103,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise SidecarError(f"--start/--end: {error}") from None
     if start >= end:
         raise SidecarError(f"--start {args.start} is not before --end {args.end}; swap them")
+    from sidecar.api_validation import check_index_name
+
+    check_index_name(args.index)
     es = make_client(config.cluster)
+    if not es.indices.exists(index=args.index, allow_no_indices=False, ignore_unavailable=False):
+        raise SidecarError(f"index {args.index!r} not found; list flow indices with GET _cat/indices/{config.source.index}")
     detector = load_detector(config)
     report = run_scan(
         es, config, detector, make_sink(es, dry_run=args.dry_run), Metrics(),
@@ -159,6 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the HTTP API."""
     from sidecar.api import serve
 
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise SidecarError(f"--port {args.port} is not a TCP port; use 1-65535, or 0 for any free port")
     config = _setup(args)
     return serve(config, host=args.host, port=args.port)
 

@@ -299,6 +299,11 @@ def _validate(config: Config, path: str | None) -> None:
                 f"cluster.hosts: invalid URL {_redact_url(host)!r}; use http://HOST:PORT or https://HOST:PORT",
                 path=path,
             )
+    if config.cluster.ca_certs and not os.path.isfile(config.cluster.ca_certs):
+        raise ConfigError(
+            f"cluster.ca_certs: file not found: {config.cluster.ca_certs}; give the path of the CA certificate (PEM)",
+            path=path,
+        )
     if config.cluster.api_key and config.cluster.username:
         raise ConfigError("cluster: set either api_key or username/password, not both", path=path)
     if config.cluster.username and not config.cluster.password:
@@ -341,6 +346,12 @@ def load_ini(path: str) -> dict[str, Any]:
     if not parser.has_section("ES"):
         raise ConfigError("the INI file has no [ES] section; the old service's file has es_server and es_port there", path=path)
     server = parser.get("ES", "es_server", fallback="127.0.0.1").strip()
+    if "://" in server:
+        raise ConfigError(
+            f"[ES] es_server: expected a host name or address, got the URL {server!r}; "
+            "put the port in es_port, or use a YAML config with cluster.hosts",
+            path=path,
+        )
     port = parser.get("ES", "es_port", fallback="9201").strip()
     if not port.isdigit():
         raise ConfigError(f"[ES] es_port: expected a port number, got {port!r}", path=path)
@@ -365,5 +376,11 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
                 line = getattr(getattr(error, "problem_mark", None), "line", None)
                 raise ConfigError(f"invalid YAML: {getattr(error, 'problem', error)}", path=path,
                                   line=None if line is None else line + 1) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"the top level must be a mapping of keys (cluster:, source:, ...), got a {type(data).__name__}; "
+            "see eta1.example.yaml",
+            path=path,
+        )
     data = _merge(data, _env_overrides(environ))
     return from_dict(data, path=path)

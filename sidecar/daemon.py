@@ -41,6 +41,9 @@ from sidecar.timeutil import parse_time
 
 log = logging.getLogger(__name__)
 
+# Seconds a --until-idle run keeps retrying an unreachable cluster before it fails.
+UNTIL_IDLE_GIVE_UP = 300.0
+
 
 @dataclass
 class CycleStats:
@@ -107,6 +110,7 @@ class Daemon:
             source_index=config.source.index,
             time_field=config.source.time_field,
             lease_seconds=config.state.lease_seconds,
+            read_only=dry_run,
         )
 
     # -- signals ---------------------------------------------------------
@@ -140,7 +144,14 @@ class Daemon:
     # -- main loop -------------------------------------------------------
 
     def run(self, *, until_idle: bool = False) -> RunTotals:
-        """Run cycles until stopped; with until_idle, stop after the first cycle that reads nothing."""
+        """Run cycles until stopped; with until_idle, stop after the first cycle that reads nothing.
+
+        With until_idle, an outage longer than UNTIL_IDLE_GIVE_UP seconds raises
+        instead of retrying forever, so batch runs (cron, make demo) end with an error.
+        """
+        if until_idle:
+            self.backoff.give_up_after = UNTIL_IDLE_GIVE_UP
+            self.sink.backoff.give_up_after = UNTIL_IDLE_GIVE_UP
         log.info(
             "eta1 daemon starting: source %s on %s, alerts %s, model %s, checkpoint %s/%s%s",
             self.config.source.index, self.config.source.time_field, self.config.alerts.index,
@@ -182,7 +193,9 @@ class Daemon:
         from sidecar.check import check_source_mapping
 
         # A model whose features the flow indices lack would mark every flow unusable: refuse to start.
-        check_source_mapping(self.es, self.config.source.index, self.detector.model.features)
+        check_source_mapping(
+            self.es, self.config.source.index, self.detector.model.features, self.config.source.time_field
+        )
         self.checkpoint.ensure_index()
         if not self.dry_run:
             install_alert_template(self.es, self.config)

@@ -79,6 +79,10 @@ def run_scan(
     if not sink.dry_run:
         install_alert_template(es, config)
         sink.ensure_dead_letter_index()
+    from sidecar.check import check_time_field
+
+    mappings = es.indices.get_mapping(index=index, allow_no_indices=True, ignore_unavailable=True).body
+    check_time_field(mappings, config.source.time_field)
     fields = source_fields(es, index, needed_fields(detector, config))
     reader = FlowReader(
         es,

@@ -78,6 +78,8 @@ class Backoff:
     maximum: float = 30.0
     sleep: Callable[[float], None] = time.sleep
     should_stop: Callable[[], bool] = lambda: False
+    # Seconds of continuous failure after which the error is raised; None retries forever.
+    give_up_after: float | None = None
     _delay: float = 0.0
     _outage_since: float | None = None
 
@@ -88,6 +90,9 @@ class Backoff:
             log.warning("%s failed: %s; retrying with backoff up to %.0fs", what, _short(error), self.maximum)
         else:
             log.debug("%s failed again: %s", what, _short(error))
+        if self.give_up_after is not None and time.monotonic() - self._outage_since > self.give_up_after:
+            log.error("%s still failing after %.0fs; giving up: %s", what, self.give_up_after, _short(error))
+            raise error
         self._delay = min(self.maximum, max(self.initial, self._delay * 2))
         waited = 0.0
         while waited < self._delay:

@@ -226,3 +226,32 @@ def test_late_flow_inside_lag_picked_up(es, index_name, sample):
     state = es.get(index="eta1-state-test", id=name)["_source"]
     assert state["cursor"]["seen"] == [{"index": index_name, "ids": ["recent"]}]
     cleanup(es, name)
+
+
+def test_dry_run_leaves_checkpoint_alone(es, index_name, sample):
+    name = "dryrun"
+    cleanup(es, name)
+    docs = stamp(sample[:60], BASE, timedelta(milliseconds=1))
+    create_flow_index(es, index_name)
+    index_docs(es, index_name, docs)
+    config = make_config(index_name, name)
+
+    dry = Daemon(config, es, dry_run=True).run(until_idle=True)
+    assert alerts_in(es, name) == []
+    real = Daemon(config, es).run(until_idle=True)
+
+    assert dry.flows == len(docs)
+    assert sum(dry.by_signature.values()) > 0
+    assert real.flows == len(docs), "a dry run must not move the stored cursor"
+    assert real.alerts_created == sum(dry.by_signature.values())
+    cleanup(es, name)
+
+
+def test_time_field_not_date_refused(es, index_name):
+    from sidecar.errors import SchemaError
+
+    es.options(ignore_status=404).indices.delete(index=index_name)
+    es.indices.create(index=index_name, mappings={"properties": {"@timestamp": {"type": "keyword"}}})
+    config = make_config(index_name, "keywordtime")
+    with pytest.raises(SchemaError, match=r"maps the time field '@timestamp' as keyword, not date"):
+        Daemon(config, es).run(until_idle=True)
