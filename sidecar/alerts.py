@@ -144,7 +144,8 @@ def alert_template(index_pattern: str) -> dict[str, Any]:
         "index_patterns": [wildcard],
         "priority": 200,
         "template": {
-            "settings": {"number_of_shards": 1},
+            # One replica where the cluster has a second node, none on a single node (stays green).
+            "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},
             "mappings": {
                 "dynamic_templates": [{"strings": {"match_mapping_type": "string", "mapping": keyword}}],
                 "properties": {
@@ -187,7 +188,7 @@ def alert_template(index_pattern: str) -> dict[str, Any]:
             },
         },
         # Bump the version when the mapping changes, so running daemons update the template.
-        "_meta": {"managed_by": "eta1", "version": 1},
+        "_meta": {"managed_by": "eta1", "version": 2},
     }
 
 
