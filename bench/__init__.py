@@ -1,0 +1,1 @@
+"""ETA1 benchmark suite: ``python -m bench.run`` (or ``make bench``) rewrites bench/RESULTS.md."""
