@@ -127,6 +127,9 @@ class Config:
     model: str = "models/eta1.onnx"
     rules: str = "rules.yaml"
     batch_size: int = 1000
+    # onnxruntime intra-op threads per model; 0 means one per core. One thread
+    # ran the daemon 1.5x faster on 2 cores beside Elasticsearch (bench/RESULTS.md).
+    model_threads: int = 1
     poll_interval_seconds: float = 10.0
     path: str | None = None
 

@@ -32,7 +32,7 @@ def load_detector(config: Config) -> Detector:
     from sidecar.model import load_model
     from sidecar.rules import load_rules
 
-    model = load_model(str(config.resolve(config.model)))
+    model = load_model(str(config.resolve(config.model)), intra_op_threads=config.model_threads)
     rules = load_rules(str(config.resolve(config.rules)))
     rules.check_classes(model.classes)
     return Detector(
