@@ -236,10 +236,13 @@ def tuning(model: Any, matrix: np.ndarray, threads: int, *, runs: int, seconds: 
     def xgb_call(batch_rows: np.ndarray) -> Any:
         return booster.inplace_predict(batch_rows, missing=np.nan)
 
-    daemon_model = load_model(MODEL_ONNX)
+    from bench.pipeline import daemon_model_threads
+
+    daemon_threads = daemon_model_threads()
+    daemon_model = load_model(MODEL_ONNX, intra_op_threads=daemon_threads)
     candidates: list[tuple[str, Callable[[np.ndarray], Any] | None, str]] = [
-        ("sidecar.model.load_model() as the daemon loads it (intra_op_num_threads=0: one per core), "
-         "Model.predict_proba", daemon_model.predict_proba, "the shipped session"),
+        (f"sidecar.model.load_model(intra_op_threads={daemon_threads}) as the daemon loads it "
+         "(0 means one per core), Model.predict_proba", daemon_model.predict_proba, "the shipped session"),
     ]
     for description, variant, options in _variants(model, threads):
         try:

@@ -14,8 +14,9 @@ the parent can interleave roles run by run. Commands:
     exit.
 
 Roles: ``daemon`` (sidecar.daemon.Daemon.run(until_idle=True)), ``daemon-orjson``
-(the same with a client whose JSON serializer is orjson), ``daemon-1thread`` (the
-same with onnxruntime on one intra-op thread), ``export`` (a
+(the same with a client whose JSON serializer is orjson), ``daemon-1thread`` and
+``daemon-allcores`` (the same with onnxruntime on one intra-op thread, or one
+per core), ``export`` (a
 plain point-in-time + search_after loop over the same fields and page size),
 ``baseline`` (per page: a pandas DataFrame, XGBoost ``predict``, one index
 request per alert).
@@ -147,6 +148,7 @@ class DaemonRole:
         daemon = self._daemon(command["index"], command["state"], command["alerts"], command["start"])
         end = datetime.fromisoformat(command["end"])
         daemon.clock = lambda: end
+
         before = (daemon.totals.flows, daemon.totals.alerts_created, daemon.totals.alerts_existing,
                   daemon.totals.unusable)
         self._flows_before = daemon.metrics.flows_read._value.get()
@@ -154,6 +156,7 @@ class DaemonRole:
             # The curve starts with the model loaded and the client connected.
             self.sampler.samples[0] = (0, current_rss())
         self._current = daemon
+
         profiler = _start_profiler() if command.get("profile") else None
         timers = WriterTimers() if profiler else None
         started = time.perf_counter()
@@ -168,6 +171,7 @@ class DaemonRole:
         profile = _stop_profiler(profiler, command.get("profile_name", "daemon")) if profiler else None
         if profile is not None and timers is not None:
             profile["writer"] = timers.totals
+
         flows, created, existing, unusable = (
             totals.flows - before[0], totals.alerts_created - before[1],
             totals.alerts_existing - before[2], totals.unusable - before[3],
@@ -435,6 +439,7 @@ ROLES = {
     "daemon": DaemonRole,
     "daemon-orjson": lambda url: DaemonRole(url, orjson_client=True),
     "daemon-1thread": lambda url: DaemonRole(url, model_threads=1),
+    "daemon-allcores": lambda url: DaemonRole(url, model_threads=0),
     "export": ExportRole,
     "baseline": BaselineRole,
 }
