@@ -85,7 +85,7 @@ def test_sigkill_loop_loses_and_duplicates_nothing(es, es_url, index_name, data_
     docs = stamp(rows, BASE, timedelta(milliseconds=3))
     create_flow_index(es, index_name)
     index_docs(es, index_name, docs)
-    data = config_data(es_url, index_name, name, batch_size=20)
+    data = config_data(es_url, index_name, name, batch_size=10)
     config_path = tmp_path / "eta1.yaml"
     config_path.write_text(yaml.safe_dump(data))
     expected = expected_flow_ids(from_dict(data), index_name, docs)
@@ -103,7 +103,7 @@ def test_sigkill_loop_loses_and_duplicates_nothing(es, es_url, index_name, data_
         deadline = time.monotonic() + 60
         while process.poll() is None and checkpoint_version(es, name) <= before + 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.2))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
