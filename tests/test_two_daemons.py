@@ -51,10 +51,10 @@ def written(output: str) -> int:
 
 def test_second_daemon_stands_by_then_takes_over(es, es_url, index_name, data_dir, tmp_path) -> None:
     reset(es, NAME)
-    docs = stamp(sample_rows(data_dir, per_file=400), BASE, timedelta(milliseconds=5))
+    docs = stamp(sample_rows(data_dir, per_file=2500), BASE, timedelta(milliseconds=5))
     create_flow_index(es, index_name)
     index_docs(es, index_name, docs)
-    data = config_data(es_url, index_name, NAME, batch_size=10)
+    data = config_data(es_url, index_name, NAME, batch_size=5)
     data["state"]["lease_seconds"] = 8
     config = tmp_path / "eta1.yaml"
     config.write_text(yaml.safe_dump(data))
@@ -97,10 +97,10 @@ def test_second_daemon_stands_by_then_takes_over(es, es_url, index_name, data_di
 def test_stale_lease_of_killed_daemon_is_taken(es, es_url, index_name, data_dir, tmp_path) -> None:
     name = NAME + "-killed"
     reset(es, name)
-    docs = stamp(sample_rows(data_dir, per_file=200), BASE, timedelta(milliseconds=5))
+    docs = stamp(sample_rows(data_dir, per_file=2500), BASE, timedelta(milliseconds=5))
     create_flow_index(es, index_name)
     index_docs(es, index_name, docs)
-    data = config_data(es_url, index_name, name, batch_size=10)
+    data = config_data(es_url, index_name, name, batch_size=5)
     data["state"]["lease_seconds"] = 600
     config = tmp_path / "eta1.yaml"
     config.write_text(yaml.safe_dump(data))
