@@ -1,6 +1,6 @@
 """Export an XGBoost model to ONNX, check parity on real flows, and swap the file in atomically.
 
-Steps (``python -m convert.export``, wrapped by ``make convert``):
+Steps (``eta1 convert``, wrapped by ``make convert``):
 
 1. Load the XGBoost model (JSON or UBJSON) with its feature list and class
    labels, from ``<name>.meta.json`` or from the command line. A feature
@@ -292,7 +292,7 @@ def export(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m convert.export",
+        prog="eta1 convert",
         description="Convert an XGBoost model to ONNX for the ETA1 daemon. Parity with XGBoost is checked "
         "on real flows before anything is written; the previous ONNX file is kept as <out>.prev.",
     )

@@ -113,7 +113,7 @@ def load_model(
     count differs from the class list.
     """
     if not path.is_file():
-        raise ModelError("XGBoost model file not found; train one with `python -m convert.train`", path=str(path))
+        raise ModelError("XGBoost model file not found; train one with `eta1 train`", path=str(path))
 
     metadata: dict[str, Any] = {}
     if features is None or classes is None:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 FEATURES_KEY = "features"
 CLASSES_KEY = "classes"
 PROBABILITIES_OUTPUT = "probabilities"
-EXPORT_COMMAND = "python -m convert.export"
+EXPORT_COMMAND = "eta1 convert"
 
 # onnxruntime's Python exceptions derive from Exception directly; these are the
 # ones a bad model file can raise while a session is created or run.

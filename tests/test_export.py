@@ -286,7 +286,7 @@ def test_parse_names_formats(tmp_path) -> None:
 
 def test_shipped_model_parity(tmp_path) -> None:
     if not SHIPPED_XGB.is_file():
-        pytest.skip("no shipped XGBoost model; run `python -m convert.train`")
+        pytest.skip("no shipped XGBoost model; run `eta1 train`")
     result = export.export(SHIPPED_XGB, tmp_path / "eta1.onnx", data_dir=data_dir(), parity_rows=500)
     assert result.parity.max_abs_diff <= 1e-5
     assert result.parity.rows_with_nan == 125

@@ -108,7 +108,7 @@ def test_intra_op_threads_option(tmp_path, onnx_bytes) -> None:
 
 
 def test_missing_file(tmp_path) -> None:
-    with pytest.raises(ModelError, match=r"absent\.onnx: ONNX model file not found; create it with `python -m convert\.export`"):
+    with pytest.raises(ModelError, match=r"absent\.onnx: ONNX model file not found; create it with `eta1 convert`"):
         load_model(tmp_path / "absent.onnx")
 
 
@@ -139,7 +139,7 @@ def test_foreign_file(tmp_path, content: bytes) -> None:
 @pytest.mark.parametrize("key", ["features", "classes"])
 def test_missing_metadata(tmp_path, onnx_bytes, key: str) -> None:
     path = write(tmp_path / "bare.onnx", with_metadata(onnx_bytes, **{key: None}))
-    with pytest.raises(ModelError, match=rf"bare\.onnx: the ONNX model has no '{key}' metadata.*python -m convert\.export"):
+    with pytest.raises(ModelError, match=rf"bare\.onnx: the ONNX model has no '{key}' metadata.*eta1 convert"):
         load_model(path)
 
 
@@ -183,7 +183,7 @@ def test_class_count_differs_from_output(tmp_path, onnx_bytes) -> None:
 
 def test_shipped_model_loads_and_fits_rules() -> None:
     if not SHIPPED_ONNX.is_file():
-        pytest.skip("no shipped ONNX model; run `python -m convert.export`")
+        pytest.skip("no shipped ONNX model; run `eta1 convert`")
     model = load_model(SHIPPED_ONNX)
     load_rules(SHIPPED_RULES).check_classes(model.classes)
     assert model.sha256 == hashlib.sha256(SHIPPED_ONNX.read_bytes()).hexdigest()

@@ -85,7 +85,7 @@ def test_shipped_rules_cover_default_classes() -> None:
 def test_shipped_rules_cover_shipped_model() -> None:
     meta = SHIPPED_XGB.with_name("eta1.meta.json")
     if not meta.is_file():
-        pytest.skip("no shipped model; run `python -m convert.train`")
+        pytest.skip("no shipped model; run `eta1 train`")
     classes = json.loads(meta.read_text(encoding="utf-8"))["classes"]
     load_rules(SHIPPED_RULES).check_classes(classes)
 
