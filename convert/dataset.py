@@ -299,7 +299,7 @@ def load_dataset(
         matrix=matrix,
         y=y,
         labels=np.array(labels, dtype=object),
-        groups=_duplicate_groups(matrix),
+        groups=duplicate_groups(matrix),
         context=pd.concat(contexts, ignore_index=True),
         files=files,
         dropped=dropped,
@@ -317,7 +317,7 @@ def _context(frame: pd.DataFrame, rows: np.ndarray, path: Path) -> pd.DataFrame:
     return out
 
 
-def _duplicate_groups(matrix: np.ndarray) -> np.ndarray:
+def duplicate_groups(matrix: np.ndarray) -> np.ndarray:
     """Number identical feature rows with one id, so that a split never puts copies on both sides."""
     if len(matrix) == 0:
         return np.empty(0, dtype=np.int64)

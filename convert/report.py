@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from convert.evaluate import Evaluation, ThresholdPoint
+from convert.evaluate import Evaluation
+from convert.grouped import GroupedEvaluation
 
 
 @dataclass(frozen=True)
@@ -18,29 +19,55 @@ class TrainConfig:
     max_depth: int
     label_weight_power: float  # row weight = (rows of the largest label / rows of this label) ** power
     benign_weight: float  # extra factor on BENIGN rows' weight
+    learning_rate: float = 0.1
 
     def describe(self) -> str:
-        return f"max_depth={self.max_depth}, label_weight_power={self.label_weight_power}, benign_weight={self.benign_weight}"
+        return (
+            f"max_depth={self.max_depth}, learning_rate={self.learning_rate}, "
+            f"label_weight_power={self.label_weight_power}, benign_weight={self.benign_weight}"
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the variant table: a feature set and training setup, scored on both evaluations."""
+
+    name: str
+    change: str  # what this row changes against the row above it
+    features: tuple[str, ...]
+    config: TrainConfig
+    gate: bool = False  # a benign-versus-attack model in front of the class model (a second model to serve)
 
 
 @dataclass
-class GridResult:
-    """A grid point trained on the training part and scored on the validation part."""
+class VariantPoint:
+    """A variant's out-of-fold figures with one shared threshold for every attack class."""
 
-    config: TrainConfig
-    rounds: int  # boosting rounds chosen by early stopping on validation log-loss
+    threshold: float
+    grouped: GroupedEvaluation  # leave-scenario-out folds
+    cv: Evaluation  # random folds, stratified by label
+    feasible: bool  # meets the within-capture targets and the benign false-alert budget in both evaluations
+
+
+@dataclass
+class VariantResult:
+    """A variant's rounds (early stopping on the validation part) and its figures at each candidate threshold."""
+
+    variant: Variant
+    rounds: int
     validation_logloss: float
-    evaluation: Evaluation
-    feasible: bool  # meets the targets on validation (attack recall and large-class macro-F1)
+    points: list[VariantPoint]
+    shippable: bool  # False when serving it would need more than the single ONNX class model
 
 
 @dataclass
 class ClassSetComparison:
-    """The chosen grid point trained with another class set, scored on the same validation part."""
+    """The chosen variant trained with the shipped and with another class set, scored on the validation part."""
 
     name: str
     classes: tuple[str, ...]
-    evaluation: Evaluation
+    shipped: Evaluation  # the shipped class set, same variant, split and thresholds
+    evaluation: Evaluation  # the other class set
     note: str
 
 
@@ -64,19 +91,20 @@ class TrainingReport:
     duplicate_rows: int  # rows whose feature vector occurs more than once
     conflicting_vectors: int  # distinct feature vectors that occur under more than one class
     benign_attack_conflicts: int  # of those, vectors shared by a BENIGN row and an attack row
-    grid: list[GridResult]
-    chosen: GridResult
+    variants: list[VariantResult]
+    chosen: VariantResult
+    chosen_point: VariantPoint  # the chosen variant at the chosen threshold
     selection_rule: str
     comparisons: list[ClassSetComparison]
-    validation_sweep: list[ThresholdPoint]
-    # (lowest, highest) swept threshold with the minimum validation false alerts at target recall
-    threshold_range: tuple[float, float] | None
+    grouped_folds: int
+    grouped: GroupedEvaluation  # the chosen variant's grouped out-of-fold predictions at the rules' thresholds
+    sweep: list[VariantPoint]  # the chosen variant at more shared thresholds
+    per_rule: list[tuple[str, VariantPoint]]  # (technique, point): only that rule's threshold moved
     test: Evaluation
     test_by_label: dict[str, tuple[int, int]]
     cv_folds: int
     cv: Evaluation
     cv_by_label: dict[str, tuple[int, int]]
-    cv_sweep: list[ThresholdPoint]
     cv_false_alerts: pd.DataFrame  # benign rows that raised an alert in cross-validation, with context
     cv_benign_argmax: dict[str, int]  # attack class -> benign rows whose arg-max is that class, in cross-validation
     rules_path: Path
