@@ -225,21 +225,29 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
     return str(value)
 
 
-def _build(section: type, values: dict[str, Any], prefix: str) -> Any:
-    known = {f.name: f for f in fields(section)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; known keys: {', '.join(sorted(known))}")
+def _build(section: type, values: dict[str, Any], prefix: str, origins: dict[str, str]) -> Any:
     defaults = section()
     kwargs = {
-        name: _coerce(f"{prefix}{name}", value, getattr(defaults, name))
+        name: _coerce_from(f"{prefix}{name}", value, getattr(defaults, name), origins)
         for name, value in values.items()
     }
     return section(**kwargs)
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def _coerce_from(key: str, value: Any, expected: Any, origins: dict[str, str]) -> Any:
+    """Coerce one value; an error names the environment variable the value came from, if any."""
+    try:
+        return _coerce(key, value, expected)
+    except ConfigError as error:
+        if key in origins:
+            raise ConfigError(f"{error.message} (from environment variable {origins[key]})") from None
+        raise
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Return the overrides as nested keys, and the variable each dotted key came from."""
     data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("ETA1_ES_URL", "ETA1_DATA_DIR"):
             continue
@@ -248,7 +256,10 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             data[parts[0]] = value
         elif len(parts) == 2:
             data.setdefault(parts[0], {})[parts[1]] = value
-    return data
+        else:
+            continue
+        origins[".".join(parts)] = name
+    return data, origins
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -261,28 +272,58 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def from_dict(data: dict[str, Any], *, path: str | None = None) -> Config:
-    """Build and validate a Config from parsed YAML (plus overrides)."""
+def _unknown_keys(data: dict[str, Any], origins: dict[str, str]) -> str:
+    """Return a message naming every unknown key and the keys its level allows, or "" if all are known."""
+    top = sorted(f.name for f in fields(Config) if f.name != "path")
+    unknown: dict[str, list[str]] = {}
+    for key, value in data.items():
+        if key not in top:
+            unknown.setdefault("", []).append(key)
+        elif key in _SECTIONS and isinstance(value, dict):
+            known = {f.name for f in fields(_SECTIONS[key])}
+            for name in value:
+                if name not in known:
+                    unknown.setdefault(key, []).append(f"{key}.{name}")
+    if not unknown:
+        return ""
+
+    def described(key: str) -> str:
+        return f"'{key}' (from environment variable {origins[key]})" if key in origins else f"'{key}'"
+
+    keys = [described(key) for level in unknown.values() for key in level]
+    hints = [
+        f"known keys in {level}: {', '.join(sorted(f.name for f in fields(_SECTIONS[level])))}"
+        if level
+        else f"known top-level keys: {', '.join(top)}"
+        for level in unknown
+    ]
+    return f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(keys)}; {'; '.join(hints)}"
+
+
+def from_dict(data: dict[str, Any], *, path: str | None = None, origins: dict[str, str] | None = None) -> Config:
+    """Build and validate a Config from parsed YAML (plus overrides).
+
+    ``origins`` maps dotted keys to the environment variables that set them,
+    so that errors in those values name the variable rather than the file.
+    """
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values", path=path)
-    top = {f.name: f for f in fields(Config)} 
+    origins = origins or {}
+    problem = _unknown_keys(data, origins)
+    if problem:
+        raise ConfigError(problem, path=path)
     kwargs: dict[str, Any] = {"path": path}
     defaults = Config()
     for key, value in data.items():
-        if key not in top or key == "path":
-            raise ConfigError(f"unknown key {key!r}; known keys: {', '.join(sorted(set(top) - {'path'}))}", path=path)
-        if key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}", path=path)
-            try:
-                kwargs[key] = _build(_SECTIONS[key], value, f"{key}.")
-            except ConfigError as error:
-                raise ConfigError(error.message, path=path) from None
-        else:
-            try:
-                kwargs[key] = _coerce(key, value, getattr(defaults, key))
-            except ConfigError as error:
-                raise ConfigError(error.message, path=path) from None
+        try:
+            if key in _SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+                kwargs[key] = _build(_SECTIONS[key], value, f"{key}.", origins)
+            else:
+                kwargs[key] = _coerce_from(key, value, getattr(defaults, key), origins)
+        except ConfigError as error:
+            raise ConfigError(error.message, path=path) from None
     config = Config(**kwargs)
     _validate(config, path)
     return config
@@ -385,5 +426,5 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
             "see eta1.example.yaml",
             path=path,
         )
-    data = _merge(data, _env_overrides(environ))
-    return from_dict(data, path=path)
+    overrides, origins = _env_overrides(environ)
+    return from_dict(_merge(data, overrides), path=path, origins=origins)

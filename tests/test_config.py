@@ -69,6 +69,32 @@ def test_invalid_key_named(tmp_path, text, match):
     assert str(caught.value).startswith(path)
 
 
+def test_every_unknown_key_named_with_its_level(tmp_path):
+    path = write(tmp_path, "bad.yaml", "colour: blue\nsource:\n  indx: cic_*\n  index: x\n  tyme_field: t\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert "unknown keys 'colour', 'source.indx', 'source.tyme_field'" in message
+    assert "known top-level keys: " in message and "known keys in source: " in message
+    assert "time_field" in message.split("known keys in source: ")[1]
+
+
+def test_unknown_env_key_names_the_variable():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"ETA1_CLUSTER__PASWORD": "secret-value", "ETA1_SOURCE__INDEX": "flows-*"})
+    message = str(caught.value)
+    assert "unknown key 'cluster.pasword' (from environment variable ETA1_CLUSTER__PASWORD)" in message
+    assert "secret-value" not in message
+
+
+def test_bad_env_value_names_the_variable(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "batch_size: 100\n")
+    with pytest.raises(ConfigError, match=r"batch_size: expected an integer, got 'lots' \(from environment variable ETA1_BATCH_SIZE\)"):
+        load_config(path, environ={"ETA1_BATCH_SIZE": "lots"})
+    with pytest.raises(ConfigError, match=r"b\.yaml: batch_size: expected an integer, got 'lots'$"):
+        load_config(write(tmp_path, "b.yaml", "batch_size: lots\n"), environ={})
+
+
 def test_bad_yaml_has_line(tmp_path):
     path = write(tmp_path, "broken.yaml", "cluster:\n  hosts: [a\nbatch_size: 1\n")
     with pytest.raises(ConfigError, match=r"broken.yaml:\d+: invalid YAML"):
