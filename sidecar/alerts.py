@@ -6,6 +6,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
@@ -57,13 +58,42 @@ def alert_id(source_index: str, flow_id: str, signature_id: int) -> str:
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
+# strftime directives whose value depends only on the date and the hour, so
+# that alert_index can reuse one result for every flow of the same UTC hour.
+_HOURLY_DIRECTIVES = frozenset("YmdyjHbBaAUWGVuwe%")
+
+
+@lru_cache(maxsize=64)
+def _is_hourly(pattern: str) -> bool:
+    directives = pattern.split("%")[1:]
+    escaped = False
+    for part in directives:
+        if escaped:
+            escaped = False
+            continue
+        if not part:  # "%%": the next part is literal text
+            escaped = True
+            continue
+        if part[0] not in _HOURLY_DIRECTIVES:
+            return False
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _hourly_index(pattern: str, year: int, month: int, day: int, hour: int) -> str:
+    return datetime(year, month, day, hour, tzinfo=timezone.utc).strftime(pattern).lower()
+
+
 def alert_index(pattern: str, flow_time: datetime) -> str:
     """Return the alert index for a flow: the strftime pattern applied to the flow's UTC time.
 
     Using the flow's time, not the wall clock, keeps a replayed flow's alert in
     the same index, where its deterministic id makes the write a no-op.
     """
-    return flow_time.astimezone(timezone.utc).strftime(pattern).lower()
+    utc = flow_time.astimezone(timezone.utc)
+    if _is_hourly(pattern):
+        return _hourly_index(pattern, utc.year, utc.month, utc.day, utc.hour)
+    return utc.strftime(pattern).lower()
 
 
 def _port(value: Any) -> int | None:
@@ -82,6 +112,12 @@ def _field(source: Mapping[str, Any], canonical: str) -> Any:
     return value
 
 
+@lru_cache(maxsize=8)
+def _formatted_now(now: datetime, local_tz: tzinfo) -> tuple[str, str]:
+    """Return ``now`` in the local zone and in UTC; every alert of a batch shares one ``now``."""
+    return to_local_iso(now, local_tz), to_utc_iso(now)
+
+
 def build_alert(
     *,
     source_index: str,
@@ -96,10 +132,11 @@ def build_alert(
     index_pattern: str,
 ) -> Alert:
     """Build the alert for one flow that a rule fired on."""
+    now_local, now_utc = _formatted_now(now, local_tz)
     document: dict[str, Any] = {
         "@timestamp": to_utc_iso(flow_time),
         "flow_id": flow_id,
-        "timestamp": to_local_iso(now, local_tz),
+        "timestamp": now_local,
         "event_type": "alert",
         "alert": {
             "action": "N/A",
@@ -120,7 +157,7 @@ def build_alert(
         "reference": rule.reference,
         "log_time": to_local_iso(flow_time, local_tz),
         "dump_status": 0,
-        "ingest_timestamp": to_utc_iso(now),
+        "ingest_timestamp": now_utc,
         "eta1": {
             "class": rule.class_name,
             "confidence": round(float(confidence), 6),

@@ -56,7 +56,7 @@ def parse_time(text: str, default_tz: tzinfo | None = None) -> datetime:
 
 def to_utc_iso(moment: datetime) -> str:
     """Format as UTC with microseconds and a ``Z``: ``2020-03-23T05:24:39.144408Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def to_local_iso(moment: datetime, zone: tzinfo) -> str:

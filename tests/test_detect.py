@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sidecar.alerts import alert_id
+from sidecar.alerts import alert_id, alert_index
 from sidecar.detect import Detector
 from tests.fakes import DOS_RULE, FakeModel, FakeRules
 
@@ -102,3 +102,34 @@ def test_unknown_protocol_number_kept(detector):
 
 def test_rule_threshold_array_matches_rule(detector):
     assert list(detector._thresholds) == [float("inf"), pytest.approx(DOS_RULE.min_confidence)]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "eta1-alerts-%Y.%m.%d",
+        "eta1-alerts-%Y.%m.%d.%H",
+        "eta1-alerts-%Y.%m.%d.%H%M",  # minutes: not reused per hour
+        "eta1-alerts-%%M-%Y",  # a literal %M after %%
+        "eta1-alerts-%G.W%V",
+    ],
+)
+def test_alert_index_matches_strftime_across_a_day(pattern):
+    start = datetime(2020, 12, 31, 22, 58, 30, tzinfo=PLUS8)
+    for minute in range(0, 26 * 60, 7):
+        moment = start + timedelta(minutes=minute)
+        expected = moment.astimezone(timezone.utc).strftime(pattern).lower()
+        assert alert_index(pattern, moment) == expected, (pattern, moment)
+
+
+def test_batch_time_formatted_in_each_zone(detector):
+    first = detector.detect([hit("a", 95)], now=NOW).alerts[0].document
+    utc_detector = Detector(
+        FakeModel(), FakeRules(), time_field="@timestamp", alert_index_pattern="x-%Y", local_tz=timezone.utc,
+    )
+    second = utc_detector.detect([hit("b", 95)], now=NOW).alerts[0].document
+    later = detector.detect([hit("c", 95)], now=NOW + timedelta(seconds=1)).alerts[0].document
+    assert first["timestamp"] == "2020-03-23T13:24:39.144408+08:00"
+    assert second["timestamp"] == "2020-03-23T05:24:39.144408+00:00"
+    assert first["ingest_timestamp"] == second["ingest_timestamp"] == "2020-03-23T05:24:39.144408Z"
+    assert later["ingest_timestamp"] == "2020-03-23T05:24:40.144408Z"
