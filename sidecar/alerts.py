@@ -11,6 +11,7 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 from sidecar import schema
+from sidecar.rules import Rule
 from sidecar.timeutil import to_local_iso, to_utc_iso
 
 # IANA protocol numbers -> the lowercase names Suricata writes in "proto".
@@ -18,20 +19,6 @@ PROTOCOL_NAMES = {
     0: "hopopt", 1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 41: "ipv6",
     47: "gre", 50: "esp", 51: "ah", 58: "ipv6-icmp", 89: "ospf", 132: "sctp",
 }
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """The rule fields an alert copies; sidecar.rules.Rule satisfies this shape."""
-
-    class_name: str
-    technique_id: str
-    technique_name: str
-    signature: str
-    signature_id: int
-    severity: int
-    reference: str
-    min_confidence: float
 
 
 @dataclass(frozen=True)
@@ -124,7 +111,7 @@ def build_alert(
     flow_id: str,
     source: Mapping[str, Any],
     flow_time: datetime,
-    rule: AlertRule,
+    rule: Rule,
     confidence: float,
     model_sha256: str,
     now: datetime,

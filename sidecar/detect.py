@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sidecar.alerts import Alert, AlertRule, build_alert
+from sidecar.alerts import Alert, build_alert
 from sidecar.features import FeatureExtractor, Unusable
+from sidecar.rules import Rule
 from sidecar.timeutil import parse_time
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class ModelLike(Protocol):
 class RuleSetLike(Protocol):
     """The part of sidecar.rules.RuleSet that detection uses."""
 
-    def rule_for(self, class_name: str) -> AlertRule | None: ...
+    def rule_for(self, class_name: str) -> Rule | None: ...
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Detector:
         self.alert_index_pattern = alert_index_pattern
         self.local_tz = local_tz
         # Per class: the rule (None for benign) and the minimum confidence.
-        self._rules: list[AlertRule | None] = [rules.rule_for(name) for name in model.classes]
+        self._rules: list[Rule | None] = [rules.rule_for(name) for name in model.classes]
         self._thresholds = np.array(
             [np.inf if rule is None else rule.min_confidence for rule in self._rules], dtype=np.float32
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.alerts import AlertRule
+from sidecar.rules import Rule
 
-DOS_RULE = AlertRule(
+DOS_RULE = Rule(
     class_name="DoS",
     technique_id="T1499",
     technique_name="Endpoint Denial of Service",
@@ -33,5 +33,5 @@ class FakeModel:
 class FakeRules:
     """BENIGN raises nothing; DoS raises DOS_RULE."""
 
-    def rule_for(self, class_name: str) -> AlertRule | None:
+    def rule_for(self, class_name: str) -> Rule | None:
         return DOS_RULE if class_name == "DoS" else None
