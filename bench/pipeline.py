@@ -423,8 +423,9 @@ def _pipeline_findings(result: PipelineResult) -> list[str]:
         "thread, and the previous page's alerts are written and its cursor stored in a writer thread, while the "
         "main thread classifies. All three share one interpreter lock, so the Python work of the three adds up.",
         f"- In the profiled window the main thread spent {share('main: build alert documents')} of the time "
-        f"building alert documents (`sidecar.alerts.build_alert`: three `strftime`, two `isoformat` and a "
-        f"blake2b per alert), {share('main: model (onnxruntime)')} in the model, "
+        f"building alert documents (`sidecar.alerts.build_alert`: two timestamp formats and a blake2b per "
+        f"alert; the batch time and the index name are formatted once), {share('main: model (onnxruntime)')} "
+        "in the model, "
         f"{share('main: featurise')} featurising, and "
         f"{share('main: wait for the prefetched page (search + decode in the prefetch thread)')} waiting for the "
         f"next page; the writer thread was busy {writer_busy:.0%} of the window. The export does only the "
