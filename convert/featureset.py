@@ -53,9 +53,11 @@ FEATURE_GROUPS: tuple[FeatureGroup, ...] = (
         False,
         "Total payload bytes per direction. In the lab they are the exact size of one tool's "
         "requests and of the one victim web server's reply page (11,595 bytes for both Hulk and "
-        "the DDoS), which another network's servers will not share. Packet counts and per-packet "
-        "sizes still describe the volume. Left out after the leave-scenario-out evaluation "
-        "(variant table in the model card).",
+        "the DDoS), which another network's servers will not share. Each total equals the packet "
+        "count times the mean packet length, both still features, so leaving the totals out does "
+        "not hide that value: it takes away the single split that matches it exactly, which a "
+        "depth-2 tree can only approximate from the two fields. Left out after the leave-scenario-out "
+        "evaluation (variant table in the model card).",
     ),
     FeatureGroup(
         "Rates",

@@ -47,6 +47,7 @@ class VariantPoint:
     grouped: GroupedEvaluation  # leave-scenario-out folds
     cv: Evaluation  # random folds, stratified by label
     feasible: bool  # meets the within-capture targets and the benign false-alert budget in both evaluations
+    cv_technique_f1: float = float("nan")  # random folds scored like the grouped ones (grouped.technique_macro_f1)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class TrainingReport:
     comparisons: list[ClassSetComparison]
     grouped_folds: int
     grouped: GroupedEvaluation  # the chosen variant's grouped out-of-fold predictions at the rules' thresholds
+    cv_technique_f1: float  # the grouped metric computed on the random folds' predictions
     sweep: list[VariantPoint]  # the chosen variant at more shared thresholds
     per_rule: list[tuple[str, VariantPoint]]  # (technique, point): only that rule's threshold moved
     test: Evaluation

@@ -55,7 +55,7 @@ DEFAULT_MODEL = dataset.REPO_ROOT / "models" / "eta1.json"
 DEFAULT_RULES = dataset.REPO_ROOT / "rules.yaml"
 DEFAULT_SEED = 20170703  # first day of the CIC-IDS2017 capture
 
-SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+SWEEP_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,10 @@ def train(args: argparse.Namespace) -> TrainingReport:
     # 5. the chosen variant's out-of-fold predictions at the rules' thresholds
     grouped_oof, cv_oof = predictions[chosen.variant.name]
     cv = evaluate(shipped.y, cv_oof, shipped.classes, rules, large)
-    generalisation = grouped.grouped_evaluation(shipped.y, assignment, grouped_oof, shipped.classes, rules)
+    generalisation = grouped.grouped_evaluation(
+        shipped.y, assignment, grouped_oof, shipped.classes, rules, groups=dataset.duplicate_groups(shipped.matrix)
+    )
+    cv_technique_f1 = grouped.technique_macro_f1(shipped.y, cv_oof, shipped.classes, rules)
     sweep = variants.score_points(shipped, assignment, grouped_oof, cv_oof, rules, SWEEP_THRESHOLDS, large)
     per_rule = variants.per_rule_points(
         shipped, assignment, grouped_oof, cv_oof, rules, variants.PER_RULE_THRESHOLDS, large
@@ -293,6 +296,7 @@ def train(args: argparse.Namespace) -> TrainingReport:
         comparisons=comparisons,
         grouped_folds=assignment.folds,
         grouped=generalisation,
+        cv_technique_f1=cv_technique_f1,
         sweep=sweep,
         per_rule=per_rule,
         test=test,

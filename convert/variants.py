@@ -22,14 +22,14 @@ from convert import dataset, fitting
 from convert.dataset import Dataset
 from convert.evaluate import LARGE_CLASS_ROWS, evaluate
 from convert.featureset import default_features, features_with
-from convert.grouped import TECHNIQUE_CLASSES, FoldAssignment, grouped_evaluation
+from convert.grouped import TECHNIQUE_CLASSES, FoldAssignment, grouped_evaluation, technique_macro_f1
 from convert.report import TrainConfig, Variant, VariantPoint, VariantResult
 from sidecar.rules import RuleSet
 
 logger = logging.getLogger(__name__)
 
 # Shared thresholds each variant is scored at. rules.yaml sets the shipped one.
-CANDIDATE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99)
+CANDIDATE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Thresholds each technique's own rule is moved to, one rule at a time, for
 # the per-rule table of the model card.
 PER_RULE_THRESHOLDS = (0.5, 0.6, 0.7, 0.9, 0.95)
@@ -149,7 +149,8 @@ def _score(
     cv = evaluate(data.y, cv_probabilities, data.classes, rules, large_classes)
     cv_rate = cv.benign_false_alerts / cv.benign_rows if cv.benign_rows else float("nan")
     feasible = is_feasible(cv.attack_recall, cv.macro_f1_large, cv_rate, grouped.benign_false_alert_rate)
-    return VariantPoint(float(threshold), grouped, cv, feasible)
+    cv_technique_f1 = technique_macro_f1(data.y, cv_probabilities, data.classes, rules)
+    return VariantPoint(float(threshold), grouped, cv, feasible, cv_technique_f1)
 
 
 def per_rule_points(

@@ -189,6 +189,28 @@ def test_scenario_figures_count_outcomes() -> None:
     assert [figure.held_out for figure in result.scenarios] == ["DoS Hulk", "Portscan", "2017-07-03 (Mon)"]
 
 
+def test_seen_vectors_counted_per_fold() -> None:
+    fold = np.array([0, 0, 1, 1, 2])
+    groups = np.array([7, 8, 7, 9, 9])
+    # row 0 and row 2 share a vector across folds; rows 3 and 4 too; row 1 is unique.
+    assert grouped.seen_in_training(groups, fold).tolist() == [True, False, True, True, True]
+    assert grouped.seen_in_training(groups, np.zeros(5, dtype=int)).tolist() == [False] * 5
+
+
+def test_unseen_rows_scored_apart() -> None:
+    y, assignment, probabilities = small_case()
+    # Hulk rows 0 and 1 are fold 0; row 0 copies the Portscan row (fold 1), row 1 is unique.
+    groups = np.array([3, 1, 2, 3, 4, 5, 6])
+    result = grouped_evaluation(y, assignment, probabilities, CLASSES, make_rules(), ("DoS", "PortScan"), groups)
+    hulk = result.scenario("DoS Hulk")
+    assert (hulk.seen, hulk.right_unseen) == (1, 0)
+    assert hulk.share_right_unseen == pytest.approx(0.0)
+    assert result.unseen_recall["DoS"] == (2, 0)
+    assert result.unseen_recall["PortScan"] == (0, 0)
+    plain = grouped_evaluation(y, assignment, probabilities, CLASSES, make_rules(), ("DoS", "PortScan"))
+    assert plain.scenario("DoS Hulk").seen is None and plain.unseen_recall == {}
+
+
 def test_absent_technique_skipped() -> None:
     y, assignment, probabilities = small_case()
     result = grouped_evaluation(y, assignment, probabilities, CLASSES, make_rules(), techniques=("DoS", "Botnet"))
