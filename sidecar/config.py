@@ -195,7 +195,12 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
     """Convert a YAML or environment value to the type of the field's default."""
     kind = type(expected)
     if expected is None or value is None:
-        return None if value in (None, "") else str(value)
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            # The value is not shown: this may be the password or the API key.
+            raise ConfigError(f"{key}: expected a string, got a {type(value).__name__}")
+        return str(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -225,15 +230,6 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
     return str(value)
 
 
-def _build(section: type, values: dict[str, Any], prefix: str, origins: dict[str, str]) -> Any:
-    defaults = section()
-    kwargs = {
-        name: _coerce_from(f"{prefix}{name}", value, getattr(defaults, name), origins)
-        for name, value in values.items()
-    }
-    return section(**kwargs)
-
-
 def _coerce_from(key: str, value: Any, expected: Any, origins: dict[str, str]) -> Any:
     """Coerce one value; an error names the environment variable the value came from, if any."""
     try:
@@ -248,6 +244,7 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, s
     """Return the overrides as nested keys, and the variable each dotted key came from."""
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    nested_too_deep = []
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("ETA1_ES_URL", "ETA1_DATA_DIR"):
             continue
@@ -257,8 +254,14 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, s
         elif len(parts) == 2:
             data.setdefault(parts[0], {})[parts[1]] = value
         else:
+            nested_too_deep.append(name)
             continue
         origins[".".join(parts)] = name
+    if nested_too_deep:
+        raise ConfigError(
+            f"environment variable{'s' if len(nested_too_deep) > 1 else ''} {', '.join(sorted(nested_too_deep))}: "
+            "too many '__' separators; use ETA1_<KEY> or ETA1_<SECTION>__<KEY>, e.g. ETA1_CLUSTER__PASSWORD"
+        )
     return data, origins
 
 
@@ -309,21 +312,40 @@ def from_dict(data: dict[str, Any], *, path: str | None = None, origins: dict[st
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values", path=path)
     origins = origins or {}
-    problem = _unknown_keys(data, origins)
-    if problem:
-        raise ConfigError(problem, path=path)
+    problems = []
+    unknown = _unknown_keys(data, origins)
+    if unknown:
+        problems.append(unknown)
+    top = {f.name for f in fields(Config)} - {"path"}
     kwargs: dict[str, Any] = {"path": path}
     defaults = Config()
     for key, value in data.items():
-        try:
-            if key in _SECTIONS:
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
-                kwargs[key] = _build(_SECTIONS[key], value, f"{key}.", origins)
-            else:
+        if key not in top:
+            continue
+        if key not in _SECTIONS:
+            try:
                 kwargs[key] = _coerce_from(key, value, getattr(defaults, key), origins)
-        except ConfigError as error:
-            raise ConfigError(error.message, path=path) from None
+            except ConfigError as error:
+                problems.append(error.message)
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of keys, got {value!r}")
+            continue
+        known = {f.name: f for f in fields(_SECTIONS[key])}
+        section_defaults = _SECTIONS[key]()
+        values = {}
+        for name, item in value.items():
+            if name not in known:
+                continue
+            try:
+                values[name] = _coerce_from(f"{key}.{name}", item, getattr(section_defaults, name), origins)
+            except ConfigError as error:
+                problems.append(error.message)
+        kwargs[key] = _SECTIONS[key](**values)
+    if len(problems) == 1:
+        raise ConfigError(problems[0], path=path)
+    if problems:
+        raise ConfigError(f"{len(problems)} problems: " + "; ".join(problems), path=path)
     config = Config(**kwargs)
     _validate(config, path)
     return config

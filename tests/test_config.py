@@ -95,6 +95,30 @@ def test_bad_env_value_names_the_variable(tmp_path):
         load_config(write(tmp_path, "b.yaml", "batch_size: lots\n"), environ={})
 
 
+def test_every_bad_value_named(tmp_path):
+    path = write(tmp_path, "bad.yaml", "batch_size: lots\nmodel_threads: x\ncolour: blue\ncluster:\n  verify_certs: maybe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"ETA1_POLL_INTERVAL_SECONDS": "soon"})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 5 problems: unknown key 'colour'")
+    for part in ("batch_size: expected an integer, got 'lots'", "model_threads: expected an integer, got 'x'",
+                 "cluster.verify_certs: invalid boolean", "poll_interval_seconds: expected a number, got 'soon' (from environment variable ETA1_POLL_INTERVAL_SECONDS)"):
+        assert part in message
+
+
+@pytest.mark.parametrize("value", ["[s3cr3t-list]", "{a: s3cr3t-map}", "true"])
+def test_password_must_be_a_string_and_stays_hidden(tmp_path, value):
+    path = write(tmp_path, "eta1.yaml", f"cluster:\n  username: u\n  password: {value}\n")
+    with pytest.raises(ConfigError, match=r"cluster\.password: expected a string, got a (list|dict|bool)") as caught:
+        load_config(path, environ={})
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_env_name_with_three_parts_refused():
+    with pytest.raises(ConfigError, match=r"ETA1_CLUSTER__PASSWORD__X: too many '__' separators"):
+        load_config(None, environ={"ETA1_CLUSTER__PASSWORD__X": "zz"})
+
+
 def test_bad_yaml_has_line(tmp_path):
     path = write(tmp_path, "broken.yaml", "cluster:\n  hosts: [a\nbatch_size: 1\n")
     with pytest.raises(ConfigError, match=r"broken.yaml:\d+: invalid YAML"):
