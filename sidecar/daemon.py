@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
@@ -248,7 +249,10 @@ class Daemon:
         processor = PageProcessor(detector, self.sink, self.metrics)
         stats = CycleStats()
         try:
-            self._process_pages(reader.pages(self.checkpoint.cursor, lower=lower, upper=upper), processor, stats)
+            # closing() ends the reader here, in this thread, when processing stops early; left to the
+            # garbage collector, its clean-up could run in the prefetch thread and fail to join it.
+            with closing(reader.pages(self.checkpoint.cursor, lower=lower, upper=upper)) as pages:
+                self._process_pages(pages, processor, stats)
             if stats.pages == 0:
                 # Nothing new: renew the lease so a standby daemon keeps waiting.
                 self.checkpoint.save(self.checkpoint.cursor)

@@ -10,6 +10,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -94,19 +95,20 @@ def run_scan(
     )
     processor = PageProcessor(detector, sink, metrics, keep_documents=keep_documents)
     report = ScanReport(index=index, start=start, end=end, documents_cap=keep_documents)
-    for page in reader.pages(Cursor(), lower=start, upper=end):
-        processor.keep_documents = max(0, keep_documents - len(report.documents))
-        result = processor.process(page)
-        report.flows += result.flows
-        report.unusable += result.unusable
-        report.alerts += sum(result.by_signature.values())
-        report.alerts_created += result.alerts_created
-        report.alerts_existing += result.alerts_existing
-        report.dead_lettered += result.dead_lettered
-        report.by_signature.update(result.by_signature)
-        report.documents.extend(result.alert_documents)
-        if progress is not None:
-            progress(report.flows)
+    with closing(reader.pages(Cursor(), lower=start, upper=end)) as pages:
+        for page in pages:
+            processor.keep_documents = max(0, keep_documents - len(report.documents))
+            result = processor.process(page)
+            report.flows += result.flows
+            report.unusable += result.unusable
+            report.alerts += sum(result.by_signature.values())
+            report.alerts_created += result.alerts_created
+            report.alerts_existing += result.alerts_existing
+            report.dead_lettered += result.dead_lettered
+            report.by_signature.update(result.by_signature)
+            report.documents.extend(result.alert_documents)
+            if progress is not None:
+                progress(report.flows)
     log.info(
         "scan of %s [%s, %s): %d flows, %d unusable, %d alerts (%d new, %d already present, %d dead-lettered)",
         index, start.isoformat(), end.isoformat(), report.flows, report.unusable, report.alerts,
