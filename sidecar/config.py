@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -191,16 +192,24 @@ def parse_offset(text: str, *, key: str) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
+def _shown(key: str, value: Any) -> str:
+    """Return a value for an error message; values under cluster may hold credentials, so only their type."""
+    return f"a {type(value).__name__}" if key.split(".")[0] == "cluster" else repr(value)
+
+
 def _coerce(key: str, value: Any, expected: Any) -> Any:
     """Convert a YAML or environment value to the type of the field's default."""
     kind = type(expected)
+    if value is None and expected is not None:
+        raise ConfigError(f"{key}: no value; give one, or remove the key to keep the default {expected!r}")
     if expected is None or value is None:
         if value is None or value == "":
             return None
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            # The value is not shown: this may be the password or the API key.
-            raise ConfigError(f"{key}: expected a string, got a {type(value).__name__}")
-        return str(value)
+        if not isinstance(value, str):
+            # The value is not shown: this may be the password or the API key. YAML reads
+            # 0777 or 12:30:00 as numbers, which str() would silently change.
+            raise ConfigError(f"{key}: expected a string, got a {type(value).__name__}; put the value in quotes")
+        return value
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -209,24 +218,24 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
             return True
         if text in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{key}: invalid boolean {value!r}; use true or false")
+        raise ConfigError(f"{key}: invalid boolean {_shown(key, value)}; use true or false")
     if kind is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
-            raise ConfigError(f"{key}: expected a list or a comma-separated string, got {value!r}")
+            raise ConfigError(f"{key}: expected a list or a comma-separated string, got {_shown(key, value)}")
         return tuple(str(item).strip() for item in items if str(item).strip())
     if kind in (int, float):
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
         try:
             number = kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+            raise ConfigError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {_shown(key, value)}") from None
         if number < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+            raise ConfigError(f"{key}: must not be negative, got {_shown(key, value)}")
         return number
     if not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(key, value)}")
     return str(value)
 
 
@@ -235,13 +244,11 @@ def _coerce_from(key: str, value: Any, expected: Any, origins: dict[str, str]) -
     try:
         return _coerce(key, value, expected)
     except ConfigError as error:
-        if key in origins:
-            raise ConfigError(f"{error.message} (from environment variable {origins[key]})") from None
-        raise
+        raise ConfigError(_with_origin(error.message, key, origins)) from None
 
 
-def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Return the overrides as nested keys, and the variable each dotted key came from."""
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Return the overrides as nested keys, the variable each dotted key came from, and naming problems."""
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
     nested_too_deep = []
@@ -257,12 +264,13 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, Any], dict[str, s
             nested_too_deep.append(name)
             continue
         origins[".".join(parts)] = name
+    problems = []
     if nested_too_deep:
-        raise ConfigError(
+        problems.append(
             f"environment variable{'s' if len(nested_too_deep) > 1 else ''} {', '.join(sorted(nested_too_deep))}: "
             "too many '__' separators; use ETA1_<KEY> or ETA1_<SECTION>__<KEY>, e.g. ETA1_CLUSTER__PASSWORD"
         )
-    return data, origins
+    return data, origins, problems
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -303,16 +311,23 @@ def _unknown_keys(data: dict[str, Any], origins: dict[str, str]) -> str:
     return f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(keys)}; {'; '.join(hints)}"
 
 
-def from_dict(data: dict[str, Any], *, path: str | None = None, origins: dict[str, str] | None = None) -> Config:
-    """Build and validate a Config from parsed YAML (plus overrides).
+def from_dict(
+    data: dict[str, Any],
+    *,
+    path: str | None = None,
+    origins: dict[str, str] | None = None,
+    env_problems: Sequence[str] = (),
+) -> Config:
+    """Build and validate a Config from parsed YAML (plus overrides); report every problem in one error.
 
     ``origins`` maps dotted keys to the environment variables that set them,
     so that errors in those values name the variable rather than the file.
+    ``env_problems`` are problems found in the variables' names.
     """
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values", path=path)
     origins = origins or {}
-    problems = []
+    problems = list(env_problems)
     unknown = _unknown_keys(data, origins)
     if unknown:
         problems.append(unknown)
@@ -329,7 +344,7 @@ def from_dict(data: dict[str, Any], *, path: str | None = None, origins: dict[st
                 problems.append(error.message)
             continue
         if not isinstance(value, dict):
-            problems.append(f"{key}: expected a mapping of keys, got {value!r}")
+            problems.append(_with_origin(f"{key}: expected a mapping of keys, got {_shown(key, value)}", key, origins))
             continue
         known = {f.name: f for f in fields(_SECTIONS[key])}
         section_defaults = _SECTIONS[key]()
@@ -342,59 +357,62 @@ def from_dict(data: dict[str, Any], *, path: str | None = None, origins: dict[st
             except ConfigError as error:
                 problems.append(error.message)
         kwargs[key] = _SECTIONS[key](**values)
-    if len(problems) == 1:
-        raise ConfigError(problems[0], path=path)
+    if not problems:
+        config = Config(**kwargs)
+        problems = [_with_origin(message, key, origins) for key, message in _problems(config)]
     if problems:
-        raise ConfigError(f"{len(problems)} problems: " + "; ".join(problems), path=path)
-    config = Config(**kwargs)
-    _validate(config, path)
+        raise _combined(problems, path)
     return config
 
 
-def _validate(config: Config, path: str | None) -> None:
+def _combined(problems: Sequence[str], path: str | None) -> ConfigError:
+    """Return one error that lists every problem."""
+    if len(problems) == 1:
+        return ConfigError(problems[0], path=path)
+    return ConfigError(f"{len(problems)} problems: " + "; ".join(problems), path=path)
+
+
+def _with_origin(message: str, key: str, origins: dict[str, str]) -> str:
+    return f"{message} (from environment variable {origins[key]})" if key in origins else message
+
+
+def _problems(config: Config) -> list[tuple[str, str]]:
+    """Return (key, message) for every value that is well typed but not usable."""
+    problems: list[tuple[str, str]] = []
     if config.batch_size < 1 or config.batch_size > 10000:
-        raise ConfigError(
-            f"batch_size: {config.batch_size} is out of range; use 1 to 10000 (Elasticsearch's default result window)",
-            path=path,
-        )
+        problems.append(("batch_size", f"batch_size: {config.batch_size} is out of range; use 1 to 10000 "
+                         "(Elasticsearch's default result window)"))
     if not config.cluster.hosts:
-        raise ConfigError("cluster.hosts: at least one URL is required, e.g. https://127.0.0.1:9200", path=path)
+        problems.append(("cluster.hosts", "cluster.hosts: at least one URL is required, e.g. https://127.0.0.1:9200"))
     for host in config.cluster.hosts:
         if not re.match(r"^https?://[^/\s]+(/.*)?$", host):
-            raise ConfigError(
-                f"cluster.hosts: invalid URL {_redact_url(host)!r}; use http://HOST:PORT or https://HOST:PORT",
-                path=path,
-            )
+            problems.append(("cluster.hosts", f"cluster.hosts: invalid URL {_redact_url(host)!r}; "
+                             "use http://HOST:PORT or https://HOST:PORT"))
     if config.cluster.ca_certs and not os.path.isfile(config.cluster.ca_certs):
-        raise ConfigError(
-            f"cluster.ca_certs: file not found: {config.cluster.ca_certs}; give the path of the CA certificate (PEM)",
-            path=path,
-        )
+        problems.append(("cluster.ca_certs", f"cluster.ca_certs: file not found: {config.cluster.ca_certs}; "
+                         "give the path of the CA certificate (PEM)"))
     if config.cluster.api_key and config.cluster.username:
-        raise ConfigError("cluster: set either api_key or username/password, not both", path=path)
+        problems.append(("cluster.api_key", "cluster: set either api_key or username/password, not both"))
     if config.cluster.username and not config.cluster.password:
-        raise ConfigError(
-            "cluster.password is missing for cluster.username; set it in the file or in ETA1_CLUSTER__PASSWORD",
-            path=path,
-        )
+        problems.append(("cluster.username", "cluster.password is missing for cluster.username; "
+                         "set it in the file or in ETA1_CLUSTER__PASSWORD"))
     try:
         config.alerts.tzinfo()
     except ConfigError as error:
-        raise ConfigError(error.message, path=path) from None
+        problems.append(("alerts.timezone", error.message))
     if "%" not in config.alerts.index and "{" in config.alerts.index:
-        raise ConfigError(
-            f"alerts.index: {config.alerts.index!r} uses braces; use strftime codes such as eta1-alerts-%Y.%m.%d",
-            path=path,
-        )
-    if config.api.port > 65535:
-        raise ConfigError(f"api.port: {config.api.port} is not a TCP port; use 1-65535", path=path)
+        problems.append(("alerts.index", f"alerts.index: {config.alerts.index!r} uses braces; "
+                         "use strftime codes such as eta1-alerts-%Y.%m.%d"))
+    if not 1 <= config.api.port <= 65535:
+        problems.append(("api.port", f"api.port: {config.api.port} is not a TCP port; use 1-65535"))
     if config.source.start != "earliest":
         from sidecar.timeutil import parse_time
 
         try:
             parse_time(config.source.start)
         except ValueError as error:
-            raise ConfigError(f"source.start: {error}; use 'earliest' or an ISO-8601 time", path=path) from None
+            problems.append(("source.start", f"source.start: {error}; use 'earliest' or an ISO-8601 time"))
+    return problems
 
 
 def _redact_url(url: str) -> str:
@@ -402,27 +420,45 @@ def _redact_url(url: str) -> str:
 
 
 def load_ini(path: str) -> dict[str, Any]:
-    """Read the old service's INI file (``[ES] es_server``, ``es_port``) into config keys."""
+    """Read the old service's INI file (``[ES] es_server``, ``es_port``, ``es_tls``) into config keys."""
     parser = configparser.ConfigParser()
     try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
+        parser.read_string(_read_text(path), source=path)
     except configparser.Error as error:
         raise ConfigError(f"invalid INI file: {error}", path=path) from None
     if not parser.has_section("ES"):
         raise ConfigError("the INI file has no [ES] section; the old service's file has es_server and es_port there", path=path)
+    problems = []
     server = parser.get("ES", "es_server", fallback="127.0.0.1").strip()
     if "://" in server:
-        raise ConfigError(
-            f"[ES] es_server: expected a host name or address, got the URL {server!r}; "
-            "put the port in es_port, or use a YAML config with cluster.hosts",
-            path=path,
+        problems.append(
+            f"[ES] es_server: expected a host name or address, got the URL {_redact_url(server)!r}; "
+            "put the port in es_port, or use a YAML config with cluster.hosts"
         )
+    elif not server:
+        problems.append("[ES] es_server: empty; give the Elasticsearch host name or address")
     port = parser.get("ES", "es_port", fallback="9201").strip()
-    if not port.isdigit():
-        raise ConfigError(f"[ES] es_port: expected a port number, got {port!r}", path=path)
-    scheme = "https" if parser.getboolean("ES", "es_tls", fallback=False) else "http"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        problems.append(f"[ES] es_port: expected a port number from 1 to 65535, got {port!r}")
+    try:
+        tls = parser.getboolean("ES", "es_tls", fallback=False)
+    except ValueError:
+        problems.append(f"[ES] es_tls: invalid boolean {parser.get('ES', 'es_tls')!r}; use true or false")
+        tls = False
+    if problems:
+        raise _combined(problems, path)
+    scheme = "https" if tls else "http"
     return {"cluster": {"hosts": [f"{scheme}://{server}:{port}"]}, "api": {"enabled": True}}
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"not UTF-8 text (first bad byte at offset {error.start}); save the file as UTF-8", path=path) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the file: {error.strerror}", path=path) from None
 
 
 def load_config(path: str | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -435,9 +471,9 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
         if path.endswith((".ini", ".cfg", ".conf")):
             data = load_ini(path)
         else:
+            text = _read_text(path)
             try:
-                with open(path, encoding="utf-8") as handle:
-                    data = yaml.safe_load(handle) or {}
+                data = yaml.safe_load(text) or {}
             except yaml.YAMLError as error:
                 line = getattr(getattr(error, "problem_mark", None), "line", None)
                 raise ConfigError(f"invalid YAML: {getattr(error, 'problem', error)}", path=path,
@@ -448,5 +484,5 @@ def load_config(path: str | None = None, environ: dict[str, str] | None = None) 
             "see eta1.example.yaml",
             path=path,
         )
-    overrides, origins = _env_overrides(environ)
-    return from_dict(_merge(data, overrides), path=path, origins=origins)
+    overrides, origins, env_problems = _env_overrides(environ)
+    return from_dict(_merge(data, overrides), path=path, origins=origins, env_problems=env_problems)

@@ -114,9 +114,70 @@ def test_password_must_be_a_string_and_stays_hidden(tmp_path, value):
     assert "s3cr3t" not in str(caught.value)
 
 
-def test_env_name_with_three_parts_refused():
-    with pytest.raises(ConfigError, match=r"ETA1_CLUSTER__PASSWORD__X: too many '__' separators"):
-        load_config(None, environ={"ETA1_CLUSTER__PASSWORD__X": "zz"})
+def test_env_name_with_three_parts_reported_with_the_rest():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"ETA1_CLUSTER__PASSWORD__X": "zz", "ETA1_BATCH_SIZE": "abc"})
+    message = str(caught.value)
+    assert "ETA1_CLUSTER__PASSWORD__X: too many '__' separators" in message
+    assert "batch_size: expected an integer, got 'abc' (from environment variable ETA1_BATCH_SIZE)" in message
+
+
+def test_range_checks_collected_and_traced_to_env(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "api:\n  port: 70000\nalerts:\n  timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"ETA1_BATCH_SIZE": "0"})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 3 problems: ")
+    assert "batch_size: 0 is out of range; use 1 to 10000" in message
+    assert "(from environment variable ETA1_BATCH_SIZE)" in message
+    assert "api.port: 70000 is not a TCP port" in message
+    assert "alerts.timezone: invalid timezone 'Mars/Olympus'" in message
+
+
+@pytest.mark.parametrize("value", ["0777", "12:30:00", "1.50"])
+def test_password_read_as_number_refused(tmp_path, value):
+    path = write(tmp_path, "eta1.yaml", f"cluster:\n  username: u\n  password: {value}\n")
+    with pytest.raises(ConfigError, match=r"cluster\.password: expected a string, got a (int|float); put the value in quotes"):
+        load_config(path, environ={})
+    quoted = write(tmp_path, "quoted.yaml", f"cluster:\n  username: u\n  password: '{value}'\n")
+    assert load_config(quoted, environ={}).cluster.password == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["cluster: http://u:hunter2-secret@h:9200\n", "cluster:\n  hosts: {a: http://u:hunter2-secret@h:9200}\n"],
+)
+def test_cluster_values_not_echoed(tmp_path, text):
+    path = write(tmp_path, "eta1.yaml", text)
+    with pytest.raises(ConfigError, match=r"got a (str|dict)") as caught:
+        load_config(path, environ={})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_empty_value_named(tmp_path):
+    path = write(tmp_path, "eta1.yaml", "batch_size:\n")
+    with pytest.raises(ConfigError, match=r"batch_size: no value; give one, or remove the key to keep the default 1000"):
+        load_config(path, environ={})
+
+
+def test_ini_problems_listed(tmp_path):
+    path = write(tmp_path, "eta.ini", "[ES]\nes_server =\nes_port = 99999\nes_tls = maybe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 3 problems: [ES] es_server: empty")
+    assert "[ES] es_port: expected a port number from 1 to 65535, got '99999'" in message
+    assert "[ES] es_tls: invalid boolean 'maybe'" in message
+    secure = write(tmp_path, "tls.ini", "[ES]\nes_server = es.example\nes_port = 9243\nes_tls = yes\n")
+    assert load_config(secure, environ={}).cluster.hosts == ("https://es.example:9243",)
+
+
+@pytest.mark.parametrize("name", ["eta1.yaml", "eta.ini"])
+def test_file_not_utf8(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"batch_size: 5\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(first bad byte at offset 19\); save the file as UTF-8"):
+        load_config(str(path), environ={})
 
 
 def test_bad_yaml_has_line(tmp_path):
