@@ -212,6 +212,7 @@ class GroupedEvaluation:
     # technique -> (rows whose vector is not in their fold's training rows, those of them alerting right);
     # empty when the evaluation was given no duplicate groups
     unseen_recall: dict[str, tuple[int, int]] = field(default_factory=dict)
+    macro_f1_unseen: float = float("nan")  # macro_f1 over the rows whose vector is not in their training rows
 
     @property
     def benign_false_alert_rate(self) -> float:
@@ -254,10 +255,13 @@ def grouped_evaluation(
     raised = ~benign[alerted]
     seen = None if groups is None else seen_in_training(groups, assignment.fold)
     unseen_recall = {}
+    macro_f1_unseen = float("nan")
     if seen is not None:
         for score in scores:
             rows = (y_true == list(classes).index(score.name)) & ~seen
             unseen_recall[score.name] = (int(rows.sum()), int((rows & (alerted == y_true)).sum()))
+        unseen_scores = _technique_scores(y_true[~seen], alerted[~seen], classes, techniques)
+        macro_f1_unseen = float(np.mean([score.f1 for score in unseen_scores])) if unseen_scores else float("nan")
     return GroupedEvaluation(
         technique_scores=scores,
         macro_f1=float(np.mean([score.f1 for score in scores])) if scores else float("nan"),
@@ -265,6 +269,7 @@ def grouped_evaluation(
         benign_false_alerts=int((raised & true_benign).sum()),
         scenarios=scenario_figures(y_true, assignment, alerted, classes, benign, seen),
         unseen_recall=unseen_recall,
+        macro_f1_unseen=macro_f1_unseen,
     )
 
 

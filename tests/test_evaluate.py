@@ -207,6 +207,9 @@ def test_unseen_rows_scored_apart() -> None:
     assert hulk.share_right_unseen == pytest.approx(0.0)
     assert result.unseen_recall["DoS"] == (2, 0)
     assert result.unseen_recall["PortScan"] == (0, 0)
+    # Without the two copied rows: DoS has no right alert, and PortScan only the benign row's false alert.
+    assert result.macro_f1_unseen == pytest.approx(0.0)
+    assert result.macro_f1 > 0.0
     plain = grouped_evaluation(y, assignment, probabilities, CLASSES, make_rules(), ("DoS", "PortScan"))
     assert plain.scenario("DoS Hulk").seen is None and plain.unseen_recall == {}
 
@@ -228,8 +231,10 @@ def test_lower_threshold_raises_recall() -> None:
 def test_per_rule_points_move_one_rule_only() -> None:
     y, assignment, probabilities = small_case()
     data = SimpleNamespace(y=y, classes=CLASSES)
-    pairs = variants.per_rule_points(data, assignment, probabilities, probabilities, make_rules(0.9), (0.5, 0.96), ())
+    thresholds = (0.5, 0.9, 0.96)
+    pairs = variants.per_rule_points(data, assignment, probabilities, probabilities, make_rules(0.9), thresholds, ())
     by_key = {(name, point.threshold): point for name, point in pairs}
+    # 0.9 is every rule's own threshold, so it is left out.
     assert sorted(by_key) == [("DoS", 0.5), ("DoS", 0.96), ("PortScan", 0.5), ("PortScan", 0.96)]
     # DoS at 0.5: the second Hulk row alerts; PortScan keeps 0.9, so the benign row still alerts.
     assert by_key["DoS", 0.5].grouped.scenario("DoS Hulk").right == 2
