@@ -137,9 +137,7 @@ def run(es: Elasticsearch, url: str, windows: list[Window], mix_window: Window, 
         _million(result, daemon, exporter, windows)
         # The variant is the thread setting the daemon does not use by default.
         threads_variant = "daemon-allcores" if daemon_model_threads() == 1 else "daemon-1thread"
-        variants = {threads_variant: Worker(threads_variant, url)}
-        if _has_orjson():
-            variants["daemon-orjson"] = Worker("daemon-orjson", url)
+        variants = {threads_variant: Worker(threads_variant, url), "daemon-stdjson": Worker("daemon-stdjson", url)}
         try:
             _mix(es, result, daemon, exporter, variants, mix_window, mix_runs)
         finally:
@@ -205,14 +203,6 @@ def daemon_model_threads() -> int:
 
     # Configurations without the model_threads key use load_model's default, 0 (one per core).
     return int(getattr(Config(), "model_threads", 0))
-
-
-def _has_orjson() -> bool:
-    try:
-        import orjson  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _mix(es: Elasticsearch, result: PipelineResult, daemon: Worker, exporter: Worker, variants: dict[str, Worker],
@@ -305,8 +295,8 @@ def report(result: PipelineResult, page_size: int) -> str:
 
     if result.mix_variants:
         descriptions = {
-            "daemon-orjson": "client JSON serializer orjson: `Elasticsearch(..., serializer=OrjsonSerializer())` "
-                             "(sidecar/esclient.py does not do this yet)",
+            "daemon-stdjson": "the client's standard-library JSON serializer instead of orjson "
+                              "(`sidecar.esclient.FastJsonSerializer`)",
             "daemon-1thread": "onnxruntime on 1 intra-op thread: `load_model(path, intra_op_threads=1)` "
                               f"(the daemon loads it with {daemon_model_threads()}, 0 meaning one per core)",
             "daemon-allcores": "onnxruntime on one intra-op thread per core: `load_model(path, intra_op_threads=0)` "
@@ -434,7 +424,7 @@ def _pipeline_findings(result: PipelineResult) -> list[str]:
     ]
     for name, samples in result.mix_variants.items():
         gain = paired_ratios(samples, result.mix.first).median
-        what = {"daemon-orjson": "an orjson client serializer", "daemon-1thread": "onnxruntime on one thread",
+        what = {"daemon-stdjson": "the standard-library JSON serializer in the client", "daemon-1thread": "onnxruntime on one thread",
                 "daemon-allcores": "onnxruntime on one thread per core"}.get(name, name)
         lines.append(f"- On the benign-heavy index, {what} changed the daemon's rate by {gain:.2f}x (table above).")
     lines.append("")

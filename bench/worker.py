@@ -13,8 +13,8 @@ the parent can interleave roles run by run. Commands:
 ``{"op": "quit"}``
     exit.
 
-Roles: ``daemon`` (sidecar.daemon.Daemon.run(until_idle=True)), ``daemon-orjson``
-(the same with a client whose JSON serializer is orjson), ``daemon-1thread`` and
+Roles: ``daemon`` (sidecar.daemon.Daemon.run(until_idle=True)), ``daemon-stdjson``
+(the same with the client's standard-library JSON serializer), ``daemon-1thread`` and
 ``daemon-allcores`` (the same with onnxruntime on one intra-op thread, or one
 per core), ``export`` (a
 plain point-in-time + search_after loop over the same fields and page size),
@@ -112,9 +112,9 @@ def peak_rss_so_far() -> int:
 class DaemonRole:
     """Runs the real daemon over a window; one Daemon per (index, state, alerts) keeps its checkpoint."""
 
-    def __init__(self, url: str, orjson_client: bool = False, model_threads: int | None = None):
+    def __init__(self, url: str, stdjson_client: bool = False, model_threads: int | None = None):
         self.url = url
-        self.orjson_client = orjson_client
+        self.stdjson_client = stdjson_client
         self.model_threads = model_threads
         self.daemons: dict[tuple[str, str, str], Any] = {}
         self.total_flows = 0
@@ -135,7 +135,7 @@ class DaemonRole:
         if key not in self.daemons:
             # A new checkpoint starts at the first window's start; later windows continue from it.
             config = bench_config(self.url, index, state, alerts, start=start)
-            daemon = Daemon(config, _orjson_client(config) if self.orjson_client else make_client(config.cluster))
+            daemon = Daemon(config, _stdjson_client(config) if self.stdjson_client else make_client(config.cluster))
             if self.model_threads is not None:
                 from sidecar.model import load_model
 
@@ -185,14 +185,13 @@ class DaemonRole:
         }
 
 
-def _orjson_client(config: Any) -> Any:
-    """Return a client like sidecar.esclient.make_client's, but decoding and encoding JSON with orjson."""
+def _stdjson_client(config: Any) -> Any:
+    """Return a client like sidecar.esclient.make_client's, but with the client's default JSON serializer."""
     from elasticsearch import Elasticsearch
-    from elasticsearch.serializer import OrjsonSerializer
 
     cluster = config.cluster
     return Elasticsearch(list(cluster.hosts), request_timeout=cluster.request_timeout, max_retries=0,
-                         retry_on_timeout=False, serializer=OrjsonSerializer())
+                         retry_on_timeout=False)
 
 
 class WriterTimers:
@@ -437,7 +436,7 @@ def _short_path(path: str) -> str:
 
 ROLES = {
     "daemon": DaemonRole,
-    "daemon-orjson": lambda url: DaemonRole(url, orjson_client=True),
+    "daemon-stdjson": lambda url: DaemonRole(url, stdjson_client=True),
     "daemon-1thread": lambda url: DaemonRole(url, model_threads=1),
     "daemon-allcores": lambda url: DaemonRole(url, model_threads=0),
     "export": ExportRole,

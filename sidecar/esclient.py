@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+from typing import Any
+
 from elasticsearch import Elasticsearch
+from elasticsearch.serializer import OrjsonSerializer
+from elastic_transport import SerializationError
 
 from sidecar.config import ClusterConfig
 from sidecar.logsetup import MASK
 
 log = logging.getLogger(__name__)
+
+
+class FastJsonSerializer(OrjsonSerializer):
+    """orjson for request and response bodies, with the standard library for what orjson refuses.
+
+    Decoding search pages with orjson made the daemon 1.18x faster in the
+    benchmarks (bench/RESULTS.md). orjson rejects some JSON that the json
+    module reads, such as a number beyond the range of a double. A lone UTF-16
+    surrogate indexed as an escape comes back from Elasticsearch as three
+    bytes that are not UTF-8, and neither parser reads those. Decoding them
+    with ``surrogatepass`` keeps one such flow from failing its whole page.
+    """
+
+    def loads(self, data: bytes | str) -> Any:
+        try:
+            return super().loads(data)
+        except SerializationError as error:
+            text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise error from None
+
+    def dumps(self, data: Any) -> bytes:
+        try:
+            return super().dumps(data)
+        except SerializationError as error:
+            # ASCII output escapes what orjson refuses to encode, such as a lone surrogate.
+            try:
+                return json.dumps(data, default=self.default, separators=(",", ":")).encode("ascii")
+            except (TypeError, ValueError, SerializationError):
+                raise error from None
 
 
 def make_client(cluster: ClusterConfig, *, retries: int = 0) -> Elasticsearch:
@@ -26,6 +63,7 @@ def make_client(cluster: ClusterConfig, *, retries: int = 0) -> Elasticsearch:
         # The transport marks a failed node dead for up to 30 s by default,
         # which delays recovery after an outage; the daemon backs off itself.
         "max_dead_node_backoff": 2.0,
+        "serializer": FastJsonSerializer(),
     }
     if cluster.api_key:
         kwargs["api_key"] = cluster.api_key

@@ -27,10 +27,7 @@ from elasticsearch import ApiError, Elasticsearch
 from sidecar.alerts import Alert
 from sidecar.timeutil import to_utc_iso
 
-try:
-    import orjson
-except ImportError:  # optional: the client's json serializer is used instead
-    orjson = None  # type: ignore[assignment]
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +108,11 @@ class Backoff:
 
 
 def _ndjson(lines: list[dict[str, Any]]) -> bytes | list[dict[str, Any]]:
-    """Serialise bulk lines with orjson when it is installed, else leave them to the client's serializer.
+    """Serialise bulk lines with orjson; the bytes are sent as they are.
 
-    orjson encodes alert documents several times faster than the json module
-    that the Elasticsearch client uses; the bytes are sent as they are. A
-    value orjson cannot encode leaves the lines to the client, as before.
+    orjson encodes alert documents several times faster than the json module.
+    A value orjson cannot encode leaves the lines to the client's serializer.
     """
-    if orjson is None:
-        return lines
     try:
         return b"\n".join([orjson.dumps(line) for line in lines]) + b"\n"
     except TypeError:

@@ -8,6 +8,7 @@ not repeated here; these cover the daemon, the CLI and reload.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -360,3 +361,43 @@ def test_daemon_run_with_bad_flows(es, es_url, docs, detector) -> None:
         es.options(ignore_status=404).indices.delete(index=index)
         delete_indices(es, "eta1-alerts-badinput-*")
         es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-daemon")
+
+
+@pytest.mark.es
+def test_daemon_client_reads_json_orjson_refuses(es, es_url, docs, detector) -> None:
+    """The daemon's own client decodes pages with orjson; JSON that orjson refuses must not fail the page."""
+    from sidecar.esclient import make_client
+
+    index = "cic_badinput_json"
+    config = config_for(index, cluster={"hosts": [es_url]},
+                        state={"index": "eta1-state-test", "name": "badinput-json", "lease_seconds": 30})
+    odd = [
+        # orjson refuses a number beyond a double's range, and Elasticsearch returns a lone surrogate
+        # as bytes that are not UTF-8. Neither field is mapped, so both stay in _source as sent.
+        ("odd_surrogate", {**docs[1][1], "zz note": "\ud800"}),
+    ]
+    # The literal 1e400 cannot come from a Python float, so this document is sent as text.
+    big_number = json.dumps(docs[0][1])[:-1] + ', "zz note": 1e400}'
+    delete_indices(es, "eta1-alerts-badinput-*")
+    es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-json")
+    es.options(ignore_status=404).indices.delete(index=index)
+    from tests.flowdocs import NUMERIC_TYPES
+
+    es.indices.create(index=index, mappings={"dynamic": False,
+                                             "properties": {**NUMERIC_TYPES, "@timestamp": {"type": "date"}}})
+    try:
+        index_docs(es, index, docs + odd)
+        es.index(index=index, id="odd_big_number", document=big_number, refresh=True)
+        odd.append(("odd_big_number", {}))
+        client = make_client(config.cluster)
+        assert type(client.transport.serializers.get_serializer("application/json")).__name__ == "FastJsonSerializer"
+        raw = client.search(index=index, query={"ids": {"values": ["odd_big_number", "odd_surrogate"]}})
+        notes = sorted(str(hit["_source"]["zz note"]) for hit in raw["hits"]["hits"])
+        assert notes == ["\ud800", "inf"]
+        totals = Daemon(config, client).run(until_idle=True)
+        assert totals.flows == len(docs) + len(odd)
+        assert totals.unusable == 0
+    finally:
+        es.options(ignore_status=404).indices.delete(index=index)
+        delete_indices(es, "eta1-alerts-badinput-*")
+        es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-json")
