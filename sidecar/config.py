@@ -193,22 +193,22 @@ def parse_offset(text: str, *, key: str) -> timezone:
 
 
 def _shown(key: str, value: Any) -> str:
-    """Return a value for an error message; values under cluster may hold credentials, so only their type."""
-    return f"a {type(value).__name__}" if key.split(".")[0] == "cluster" else repr(value)
+    """Return a value for an error message, or only its type under cluster, whose values may contain credentials."""
+    return f"a value of type {type(value).__name__}" if key.split(".")[0] == "cluster" else repr(value)
 
 
 def _coerce(key: str, value: Any, expected: Any) -> Any:
     """Convert a YAML or environment value to the type of the field's default."""
     kind = type(expected)
     if value is None and expected is not None:
-        raise ConfigError(f"{key}: no value; give one, or remove the key to keep the default {expected!r}")
+        raise ConfigError(f"{key}: missing value; set one, or remove the key to keep the default {expected!r}")
     if expected is None or value is None:
         if value is None or value == "":
             return None
         if not isinstance(value, str):
-            # The value is not shown: this may be the password or the API key. YAML reads
+            # The value is not shown because it may be the password or the API key. YAML reads
             # 0777 or 12:30:00 as numbers, which str() would silently change.
-            raise ConfigError(f"{key}: expected a string, got a {type(value).__name__}; put the value in quotes")
+            raise ConfigError(f"{key}: expected a string, got a value of type {type(value).__name__}; put the value in quotes")
         return value
     if kind is bool:
         if isinstance(value, bool):
@@ -458,7 +458,7 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as error:
         raise ConfigError(f"not UTF-8 text (first bad byte at offset {error.start}); save the file as UTF-8", path=path) from None
     except OSError as error:
-        raise ConfigError(f"cannot read the file: {error.strerror}", path=path) from None
+        raise ConfigError(f"failed to read the file: {error.strerror}; check the path and its permissions", path=path) from None
 
 
 def load_config(path: str | None = None, environ: dict[str, str] | None = None) -> Config:

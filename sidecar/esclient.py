@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class FastJsonSerializer(OrjsonSerializer):
-    """orjson for request and response bodies, with the standard library for what orjson refuses.
+    """JSON serializer that uses orjson, and the json module for what orjson rejects.
 
     Decoding search pages with orjson made the daemon 1.18x faster in the
     benchmarks (bench/RESULTS.md). orjson rejects some JSON that the json
@@ -32,6 +32,8 @@ class FastJsonSerializer(OrjsonSerializer):
         try:
             return super().loads(data)
         except SerializationError as error:
+            cause = error.errors[0] if error.errors else error
+            log.info("orjson failed to decode a response (%s); decoding it with the json module", cause)
             text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
             try:
                 return json.loads(text)
@@ -42,7 +44,9 @@ class FastJsonSerializer(OrjsonSerializer):
         try:
             return super().dumps(data)
         except SerializationError as error:
-            # ASCII output escapes what orjson refuses to encode, such as a lone surrogate.
+            # ASCII output escapes what orjson rejects, such as a lone surrogate.
+            cause = error.errors[0] if error.errors else error
+            log.info("orjson failed to encode a request body (%s); encoding it with the json module", cause)
             try:
                 return json.dumps(data, default=self.default, separators=(",", ":")).encode("ascii")
             except (TypeError, ValueError, SerializationError):

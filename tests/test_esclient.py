@@ -1,4 +1,4 @@
-"""The client's JSON serializer: orjson, with the standard library for what orjson refuses."""
+"""The client's JSON serializer: orjson, with the json module for what orjson rejects."""
 
 from __future__ import annotations
 
