@@ -325,6 +325,21 @@ def test_reload_keeps_old_rules(tmp_path, es, es_url, docs, caplog) -> None:
         es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-reload")
 
 
+def clear_daemon_state(es, index: str, state_name: str) -> None:
+    """Delete a test's flow index, its alert indices and its checkpoint."""
+    es.options(ignore_status=404).indices.delete(index=index)
+    delete_indices(es, "eta1-alerts-badinput-*")
+    es.options(ignore_status=404).delete(index="eta1-state-test", id=state_name)
+
+
+def create_numeric_flow_index(es, index: str, settings: dict[str, Any] | None = None) -> None:
+    """Create a flow index that maps only the features (as numbers) and @timestamp."""
+    from tests.flowdocs import NUMERIC_TYPES
+
+    es.indices.create(index=index, settings=settings or {},
+                      mappings={"dynamic": False, "properties": {**NUMERIC_TYPES, "@timestamp": {"type": "date"}}})
+
+
 @pytest.mark.es
 def test_daemon_run_with_bad_flows(es, es_url, docs, detector) -> None:
     index = "cic_badinput_daemon"
@@ -335,14 +350,9 @@ def test_daemon_run_with_bad_flows(es, es_url, docs, detector) -> None:
                if flow_id not in ("bad_no_time", "bad_time_garbage", "bad_none_source", "bad_nested")]
     config = config_for(index, cluster={"hosts": [es_url]},
                         state={"index": "eta1-state-test", "name": "badinput-daemon", "lease_seconds": 30})
-    delete_indices(es, "eta1-alerts-badinput-*")
-    es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-daemon")
-    es.options(ignore_status=404).indices.delete(index=index)
-    # Features mapped as numbers, with ignore_malformed so that the bad values are stored as sent.
-    from tests.flowdocs import NUMERIC_TYPES
-
-    es.indices.create(index=index, settings={"index.mapping.ignore_malformed": True},
-                      mappings={"dynamic": False, "properties": {**NUMERIC_TYPES, "@timestamp": {"type": "date"}}})
+    clear_daemon_state(es, index, "badinput-daemon")
+    # ignore_malformed stores the bad values as sent.
+    create_numeric_flow_index(es, index, settings={"index.mapping.ignore_malformed": True})
     try:
         index_docs(es, index, docs + spoiled)
         daemon = Daemon(config, es)
@@ -358,46 +368,37 @@ def test_daemon_run_with_bad_flows(es, es_url, docs, detector) -> None:
         clean = [{"_index": index, "_id": flow_id, "_source": source} for flow_id, source in docs]
         assert {a.id for a in detector.detect(clean).alerts} <= {hit["_id"] for hit in stored}
     finally:
-        es.options(ignore_status=404).indices.delete(index=index)
-        delete_indices(es, "eta1-alerts-badinput-*")
-        es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-daemon")
+        clear_daemon_state(es, index, "badinput-daemon")
 
 
 @pytest.mark.es
-def test_daemon_client_reads_json_orjson_refuses(es, es_url, docs, detector) -> None:
-    """The daemon's own client decodes pages with orjson; JSON that orjson refuses must not fail the page."""
-    from sidecar.esclient import make_client
+def test_daemon_reads_json_orjson_rejects(es, es_url, docs, detector) -> None:
+    """Check that JSON orjson rejects does not fail a page of the daemon's own client."""
+    from sidecar.esclient import FastJsonSerializer, make_client
 
     index = "cic_badinput_json"
     config = config_for(index, cluster={"hosts": [es_url]},
                         state={"index": "eta1-state-test", "name": "badinput-json", "lease_seconds": 30})
-    odd = [
-        # orjson refuses a number beyond a double's range, and Elasticsearch returns a lone surrogate
-        # as bytes that are not UTF-8. Neither field is mapped, so both stay in _source as sent.
-        ("odd_surrogate", {**docs[1][1], "zz note": "\ud800"}),
-    ]
-    # The literal 1e400 cannot come from a Python float, so this document is sent as text.
+    # Neither odd field is mapped, so both stay in _source as sent. Elasticsearch returns a lone
+    # surrogate as bytes that are not UTF-8.
+    surrogate = {**docs[1][1], "zz note": "\ud800"}
+    # orjson rejects a number beyond a double's range. A Python float cannot hold the literal 1e400,
+    # so this document is sent as text.
     big_number = json.dumps(docs[0][1])[:-1] + ', "zz note": 1e400}'
-    delete_indices(es, "eta1-alerts-badinput-*")
-    es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-json")
-    es.options(ignore_status=404).indices.delete(index=index)
-    from tests.flowdocs import NUMERIC_TYPES
-
-    es.indices.create(index=index, mappings={"dynamic": False,
-                                             "properties": {**NUMERIC_TYPES, "@timestamp": {"type": "date"}}})
+    clear_daemon_state(es, index, "badinput-json")
+    create_numeric_flow_index(es, index)
     try:
-        index_docs(es, index, docs + odd)
+        index_docs(es, index, [*docs, ("odd_surrogate", surrogate)])
         es.index(index=index, id="odd_big_number", document=big_number, refresh=True)
-        odd.append(("odd_big_number", {}))
         client = make_client(config.cluster)
-        assert type(client.transport.serializers.get_serializer("application/json")).__name__ == "FastJsonSerializer"
+        assert isinstance(client.transport.serializers.get_serializer("application/json"), FastJsonSerializer)
+
         raw = client.search(index=index, query={"ids": {"values": ["odd_big_number", "odd_surrogate"]}})
         notes = sorted(str(hit["_source"]["zz note"]) for hit in raw["hits"]["hits"])
         assert notes == ["inf", "\ud800"]
+
         totals = Daemon(config, client).run(until_idle=True)
-        assert totals.flows == len(docs) + len(odd)
+        assert totals.flows == len(docs) + 2
         assert totals.unusable == 0
     finally:
-        es.options(ignore_status=404).indices.delete(index=index)
-        delete_indices(es, "eta1-alerts-badinput-*")
-        es.options(ignore_status=404).delete(index="eta1-state-test", id="badinput-json")
+        clear_daemon_state(es, index, "badinput-json")
