@@ -9,7 +9,7 @@ trained on the rows of the scenario that fold k holds out:
 * one brute-force tool (FTP-Patator, SSH-Patator, web login brute force);
 * one port-scan source: ``Portscan`` (172.16.0.1 scanning the web server on
   Friday) or ``Infiltration - Portscan`` (mostly the infected 192.168.10.8
-  scanning the LAN on Thursday; a few of its flows come from 172.16.0.1);
+  scanning the LAN on Thursday, with a few flows from 172.16.0.1);
 * one infected bot host (``Botnet`` rows grouped by source address);
 * one capture day of benign traffic (Monday to Friday by the ``Timestamp`` date);
 * one contiguous time block of the DDoS, the only DDoS tool in the data, so

@@ -37,7 +37,7 @@ PER_RULE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # Within-capture targets (random folds) a point must meet to be shipped.
 TARGET_ATTACK_RECALL = 0.99
 TARGET_MACRO_F1_LARGE = 0.98
-# Most benign rows that may alert, as a share, in each evaluation: half of the
+# Maximum share of benign rows that may alert in each evaluation: half of the
 # 1% goal for an unseen network, because a held-out day of the same lab is
 # more familiar than another network's benign traffic.
 BENIGN_ALERT_BUDGET = 0.005

@@ -249,8 +249,8 @@ class Daemon:
         processor = PageProcessor(detector, self.sink, self.metrics)
         stats = CycleStats()
         try:
-            # closing() ends the reader here, in this thread, when processing stops early; left to the
-            # garbage collector, its clean-up could run in the prefetch thread and fail to join it.
+            # closing() ends the reader in this thread when processing stops early. Left to the garbage
+            # collector, its clean-up could run in the prefetch thread, where joining that thread fails.
             with closing(reader.pages(self.checkpoint.cursor, lower=lower, upper=upper)) as pages:
                 self._process_pages(pages, processor, stats)
             if stats.pages == 0:
